@@ -1,0 +1,204 @@
+"""The consent endpoints under the configured prefix (default `/_consent`).
+
+`GET /state` and `POST|DELETE /choice` are the consent core; the collection beacon,
+the visitor's rights and the operator endpoints register themselves on the same router.
+They are plain ASGI handlers built on Starlette's request/response objects: only
+`/_consent/*` requests reach them, so the site's own pages never pay for them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Awaitable, Callable, Protocol
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
+
+from .collect.hit import Hit
+from .consent import COOKIE_NAME, ConsentCodec, ConsentState, new_id
+from .http import HTTPProblem, check_same_origin, cookie_value, header, parse_json, read_body
+from .ledger import ACTION_CHANGE, ACTION_GRANT, ACTION_WITHDRAW, ConsentRecord
+from .policy import LANGUAGES, Policy
+from .settings import Settings
+
+CHOICE_BODY_LIMIT = 8 * 1024
+_CHOICE_KEYS = frozenset({"granted", "all", "lang", "page"})
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class Collector(Protocol):
+    """What the API needs from the collection pipeline."""
+
+    def submit(self, hit: Hit) -> bool: ...
+    def record(self, record: ConsentRecord) -> None: ...
+
+
+class ConsentAPI:
+    """Routes `/_consent/*` requests to their handlers and turns refusals into 4xx answers."""
+
+    def __init__(self, settings: Settings, codec: ConsentCodec, collector: Collector) -> None:
+        self.settings = settings
+        self.policy: Policy = settings.policy
+        self.codec = codec
+        self.collector = collector
+        self.prefix = settings.prefix
+        self.routes: dict[tuple[str, str], Handler] = {}
+        self._state_cache: dict[str, bytes] = {}
+        self.add("GET", "/state", self.get_state)
+        self.add("POST", "/choice", self.post_choice)
+        self.add("DELETE", "/choice", self.delete_choice)
+
+    def add(self, method: str, path: str, handler: Handler) -> None:
+        self.routes[(method, self.prefix + path)] = handler
+        if method == "GET":
+            self.routes[("HEAD", self.prefix + path)] = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        handler = self.routes.get((scope["method"], path))
+        if handler is None:
+            allowed = sorted(m for m, p in self.routes if p == path)
+            if allowed:
+                response: Response = JSONResponse({"error": f"method not allowed (allowed: {', '.join(allowed)})"},
+                                                  status_code=405, headers={"Allow": ", ".join(allowed)})
+            else:
+                response = JSONResponse({"error": "not found"}, status_code=404)
+        else:
+            try:
+                response = await handler(Request(scope, receive))
+            except HTTPProblem as problem:
+                response = problem.response()
+        await response(scope, receive, send)
+
+    # -- helpers shared by handlers ------------------------------------------
+    def current(self, request: Request) -> ConsentState | None:
+        """The visitor's valid recorded consent (before GPC narrowing), or None."""
+        raw = None
+        for key, value in request.scope["headers"]:
+            if key == b"cookie":
+                raw = cookie_value(value, COOKIE_NAME.encode())
+                if raw:
+                    break
+        return self.codec.decode(raw)
+
+    def effective(self, request: Request) -> ConsentState:
+        state = self.current(request) or self.codec.default_state
+        return self.codec.apply_gpc(state) if header(request.scope, b"sec-gpc") == "1" else state
+
+    def state_body(self, state: ConsentState, gpc: bool, lang: str | None) -> dict[str, Any]:
+        return {
+            "policy": self.policy_public(lang),
+            "consent": state.public(),
+            "prompt": not state.recorded,
+            "gpc": gpc,
+        }
+
+    def policy_public(self, lang: str | None) -> dict[str, Any]:
+        key = lang if lang in LANGUAGES else "*"
+        cached = self._state_cache.get(key)
+        if cached is None:
+            langs = (lang,) if lang in LANGUAGES else LANGUAGES
+            if lang in LANGUAGES and lang != "en":
+                langs = (lang, "en")  # English fills any text the site did not translate
+            cached = json.dumps(self.policy.public(langs), ensure_ascii=False).encode()
+            self._state_cache[key] = cached
+        return json.loads(cached)
+
+    def set_cookie(self, response: Response, request: Request, value: str) -> None:
+        secure = self.settings.cookie_secure
+        if secure is None:
+            secure = request.url.scheme in ("https", "wss") or header(request.scope, b"x-forwarded-proto") == "https"
+        # Not HttpOnly on purpose: the banner reads the (signed, non-secret) payload so a
+        # returning visitor needs no request to know their choice. It holds no personal data.
+        response.set_cookie(COOKIE_NAME, value, max_age=self.settings.cookie_max_age, path="/",
+                            domain=self.settings.cookie_domain, secure=secure, httponly=False,
+                            samesite="lax")
+
+    def ledger_record(self, request: Request, state: ConsentState, action: str, lang: str,
+                      page: str) -> ConsentRecord:
+        scope = request.scope
+        client = scope.get("client") or ("", 0)
+        return ConsentRecord(
+            consent_id=state.id or "", ts=time.time(), action=action,
+            policy_version=self.policy.version, granted=sorted(state.granted),
+            denied=sorted(self.policy.ids - state.granted), source=state.source, gpc=state.gpc,
+            language=lang, texts_hash=self.policy.texts_hash(lang), page=page[:512],
+            peer_ip=client[0] or "", forwarded_for=(header(scope, b"x-forwarded-for") or "")[:512],
+            user_agent=(header(scope, b"user-agent") or "")[:512],
+            site=(header(scope, b"host") or "").split(":")[0][:255], visitor_id=state.visitor_id,
+        )
+
+    # -- handlers ------------------------------------------------------------
+    async def get_state(self, request: Request) -> Response:
+        lang = request.query_params.get("lang")
+        gpc = header(request.scope, b"sec-gpc") == "1"
+        state = self.effective(request)
+        return JSONResponse(self.state_body(state, gpc, lang), headers={"Cache-Control": "no-store"})
+
+    async def post_choice(self, request: Request) -> Response:
+        scope = request.scope
+        check_same_origin(scope, self.settings.allowed_origins)
+        ctype = (header(scope, b"content-type") or "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            raise HTTPProblem(415, "expected Content-Type: application/json")
+        body = parse_json(await read_body(request.receive, scope, CHOICE_BODY_LIMIT))
+        if not isinstance(body, dict):
+            raise HTTPProblem(400, "expected a JSON object")
+        extra = set(body) - _CHOICE_KEYS
+        if extra:
+            raise HTTPProblem(400, f"unknown key {sorted(extra)[0]!r}"[:120])
+        gpc = header(scope, b"sec-gpc") == "1"
+        if "all" in body:
+            if "granted" in body:
+                raise HTTPProblem(400, "give either 'all' or 'granted', not both")
+            if not isinstance(body["all"], bool):
+                raise HTTPProblem(400, "'all' must be true or false")
+            granted = set(self.policy.optional_ids) if body["all"] else set()
+            if gpc:
+                # "Accept all" is not an explicit grant of what the browser's GPC signal refuses.
+                granted -= self.policy.gpc_ids
+        elif "granted" in body:
+            raw = body["granted"]
+            if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
+                raise HTTPProblem(400, "'granted' must be a list of purpose ids")
+            if len(raw) > 64:
+                raise HTTPProblem(400, "'granted' lists too many purposes")
+            unknown = [p for p in raw if p not in self.policy]
+            if unknown:
+                raise HTTPProblem(400, f"unknown purpose {unknown[0][:40]!r}")
+            granted = set(raw)
+        else:
+            raise HTTPProblem(400, "expected 'granted' (a list of purpose ids) or 'all' (true/false)")
+        lang = body.get("lang", "en")
+        if lang not in LANGUAGES:
+            lang = "en"
+        page = body.get("page", "")
+        if not isinstance(page, str):
+            raise HTTPProblem(400, "'page' must be a string")
+        return self._decide(request, granted, gpc, ACTION_GRANT, lang, page)
+
+    async def delete_choice(self, request: Request) -> Response:
+        check_same_origin(request.scope, self.settings.allowed_origins)
+        gpc = header(request.scope, b"sec-gpc") == "1"
+        lang = request.query_params.get("lang", "en")
+        return self._decide(request, set(), gpc, ACTION_WITHDRAW, lang if lang in LANGUAGES else "en",
+                            request.headers.get("referer", ""))
+
+    def _decide(self, request: Request, granted: set[str], gpc: bool, action: str,
+                lang: str, page: str) -> Response:
+        previous = self.current(request)
+        keep_vid = self.codec.needs_visitor_id(granted)
+        visitor_id = None
+        if keep_vid:
+            visitor_id = previous.visitor_id if previous and previous.visitor_id else new_id()
+        if action == ACTION_GRANT and previous is not None:
+            action = ACTION_CHANGE
+        value, state = self.codec.issue(granted, gpc=gpc, visitor_id=visitor_id,
+                                        consent_id=previous.id if previous else None)
+        self.collector.record(self.ledger_record(request, state, action, lang, page))
+        response = JSONResponse(self.state_body(state, gpc, lang), headers={"Cache-Control": "no-store"})
+        self.set_cookie(response, request, value)
+        return response

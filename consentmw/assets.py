@@ -1,0 +1,124 @@
+"""The banner's static assets: `<prefix>/banner.js`, `banner.css` and `beacon.js`.
+
+`banner.js` is the one URL sites put in their pages, so it cannot carry a version: it
+is served with a short revalidating cache and a strong, content-hashed ETag (a
+returning visitor gets a 304 at most). Its generated config embeds the content hashes
+of the CSS and the beacon, which the banner requests as `?v=<hash>`: those versioned
+URLs are cached for a year, `immutable`. Every file is kept in memory, with a gzip -9
+copy sent to clients that accept it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .policy import LANGUAGES, Policy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .api import ConsentAPI
+
+STATIC_DIR = Path(__file__).parent / "static"
+CONFIG_TOKEN = "CONSENTMW_CONFIG"
+REVALIDATE = "public, max-age=3600, must-revalidate"
+IMMUTABLE = "public, max-age=31536000, immutable"
+_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+
+
+@dataclass(frozen=True)
+class Asset:
+    """One file ready to serve: plain and gzip bodies, each with its own strong ETag."""
+
+    body: bytes
+    gz: bytes
+    media_type: str
+    digest: str
+
+    @classmethod
+    def build(cls, body: bytes, media_type: str) -> "Asset":
+        return cls(body, gzip.compress(body, 9, mtime=0), media_type,
+                   hashlib.sha256(body).hexdigest()[:16])
+
+    def response(self, request: Request, versioned: bool = False) -> Response:
+        use_gz = "gzip" in request.headers.get("accept-encoding", "")
+        etag = f'"{self.digest}-gz"' if use_gz else f'"{self.digest}"'
+        headers = {
+            "ETag": etag,
+            "Cache-Control": IMMUTABLE if versioned and request.query_params.get("v") == self.digest else REVALIDATE,
+            "Vary": "Accept-Encoding",
+            "X-Content-Type-Options": "nosniff",
+        }
+        if _etag_matches(request.headers.get("if-none-match"), etag):
+            return Response(status_code=304, headers=headers)
+        if use_gz:
+            headers["Content-Encoding"] = "gzip"
+        return Response(self.gz if use_gz else self.body, media_type=self.media_type, headers=headers)
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    tags = [t.strip() for t in header.split(",")]
+    return "*" in tags or any((t[2:] if t.startswith("W/") else t) == etag for t in tags)
+
+
+def read_static(name: str) -> bytes:
+    return (STATIC_DIR / name).read_bytes()
+
+
+def banner_config(policy: Policy, prefix: str, floating_button: bool, css_digest: str,
+                  beacon_digest: str) -> dict[str, Any]:
+    """What banner.js needs before any request: enough to decide, for a returning visitor,
+    whether to show anything (policy version, purposes) and to draw the floating button."""
+    langs = [lang for lang in LANGUAGES if lang in policy.texts] or ["en"]
+    return {
+        "p": prefix,
+        "v": policy.version,
+        "l": langs,
+        # [id, required, GPC opt-out, collects data]
+        "u": [[p.id, int(p.required), int(p.gpc_opt_out), int(p.collects)] for p in policy.purposes],
+        "f": bool(floating_button),
+        "r": {lang: policy.texts[lang].get("reopen", "") for lang in langs if lang in policy.texts},
+        "hc": css_digest,
+        "hb": beacon_digest,
+    }
+
+
+def build_assets(policy: Policy, prefix: str = "/_consent", floating_button: bool = True) -> dict[str, Asset]:
+    """The three assets, with the banner's config generated from the policy and settings."""
+    css = Asset.build(read_static("banner.css"), _TYPES[".css"])
+    beacon = Asset.build(read_static("beacon.js"), _TYPES[".js"])
+    config = banner_config(policy, prefix, floating_button, css.digest, beacon.digest)
+    source = read_static("banner.js").decode("utf-8")
+    if CONFIG_TOKEN not in source:
+        raise RuntimeError(f"static/banner.js lacks the {CONFIG_TOKEN} placeholder")
+    # JSON is a JS expression; the file is external, so no </script> escaping is needed.
+    banner = source.replace(CONFIG_TOKEN, json.dumps(config, ensure_ascii=False, separators=(",", ":")), 1)
+    return {"banner.js": Asset.build(banner.encode("utf-8"), _TYPES[".js"]),
+            "banner.css": css, "beacon.js": beacon}
+
+
+def register(api: "ConsentAPI") -> dict[str, Asset]:
+    """Serve GET (and HEAD) `<prefix>/banner.js`, `/banner.css` and `/beacon.js` from `api`."""
+    assets = build_assets(api.policy, api.settings.prefix, api.settings.floating_button)
+
+    def handler(name: str, versioned: bool):
+        asset = assets[name]
+
+        async def serve(request: Request) -> Response:
+            return asset.response(request, versioned)
+
+        serve.__name__ = "serve_" + name.replace(".", "_")
+        return serve
+
+    api.add("GET", "/banner.js", handler("banner.js", False))
+    api.add("GET", "/banner.css", handler("banner.css", True))
+    api.add("GET", "/beacon.js", handler("beacon.js", True))
+    return assets

@@ -1,0 +1,62 @@
+"""`POST /_consent/collect`: beacon events from the browser, validated, consent-gated, queued."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from .api import ConsentAPI
+from .collect.beacon import BODY_LIMIT, BeaconError, validate_batch
+from .collect.hit import Hit
+from .http import HTTPProblem, check_same_origin, header, parse_json, read_body
+from .ratelimit import TokenBuckets
+
+_TYPES = ("application/json", "text/plain")
+
+
+def register(api: ConsentAPI) -> None:
+    settings = api.settings
+    buckets = TokenBuckets(settings.collect_rate, settings.collect_burst)
+    collector = api.collector
+    resolve_ip = getattr(getattr(collector, "enricher", None), "client_ip", None)
+
+    async def collect(request: Request) -> Response:
+        scope = request.scope
+        check_same_origin(scope, settings.allowed_origins)
+        ctype = (header(scope, b"content-type") or "").split(";")[0].strip().lower()
+        if ctype not in _TYPES:
+            raise HTTPProblem(415, "expected Content-Type: application/json or text/plain")
+        peer = (scope.get("client") or ("", 0))[0] or ""
+        forwarded = header(scope, b"x-forwarded-for") or header(scope, b"forwarded") or ""
+        client_ip = resolve_ip(peer, forwarded) if resolve_ip else peer
+        if not buckets.allow(client_ip):
+            _count(collector, "rate_limited")
+            return JSONResponse({"error": "too many requests"}, status_code=429, headers={"Retry-After": "1"})
+        body = await read_body(request.receive, scope, BODY_LIMIT)
+        try:
+            events = validate_batch(parse_json(body))
+        except (BeaconError, HTTPProblem) as exc:
+            _count(collector, "invalid")
+            raise HTTPProblem(400, str(exc) if isinstance(exc, BeaconError) else exc.reason) from None
+        state = api.effective(request)
+        if not state.collecting:
+            return Response(status_code=204, headers={"Cache-Control": "no-store"})
+        now = time.time()
+        site = header(scope, b"host") or ""
+        ua = header(scope, b"user-agent") or ""
+        lang = header(scope, b"accept-language") or ""
+        for event in events:
+            collector.submit(Hit(now, event["type"], site, event["path"], state.id or "", state.policy_version,
+                                 state.collecting, state.visitor_id, peer, forwarded, ua, lang, "", None,
+                                 0, 0, event))
+        return JSONResponse({"accepted": len(events)}, status_code=202, headers={"Cache-Control": "no-store"})
+
+    api.add("POST", "/collect", collect)
+
+
+def _count(collector: object, name: str) -> None:
+    stats = getattr(collector, "stats", None)
+    if stats is not None:
+        setattr(stats, name, getattr(stats, name) + 1)

@@ -1,0 +1,60 @@
+"""Enrichment: turn raw header values into the facts purposes may store.
+
+Every step is cached or cheap and runs on the writer thread. Nothing here decides
+what is stored; the minimiser asks only for the facts a granted purpose needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from .geo import GeoLocator, Place
+from .ip import TrustedProxies, masked_ip16
+from .salt import DailySalts
+from .useragent import Agent, parse_agent
+from .referrer import Referrer, parse_referrer
+
+
+class Enricher:
+    def __init__(self, trusted_proxies: list[str], geoip_db: str | None, proof_key: bytes) -> None:
+        self.proxies = TrustedProxies(trusted_proxies)
+        self.geo = GeoLocator(geoip_db)
+        self.salts = DailySalts()
+        self._proof_key = proof_key
+
+    def client_ip(self, peer: str, forwarded: str) -> str:
+        return self.proxies.client_ip(peer, forwarded)
+
+    def agent(self, user_agent: str) -> Agent:
+        return parse_agent(user_agent)
+
+    def place(self, ip: str) -> Place:
+        return self.geo.locate(ip)
+
+    def referrer(self, value: str, own_host: str) -> Referrer:
+        return parse_referrer(value, own_host)
+
+    def visitor_hash(self, ts: float, site: str, ip: str, user_agent: str) -> int:
+        return self.salts.visitor_hash(ts, site, ip, user_agent)
+
+    def masked_ip(self, ip: str, v4_bytes: int, v6_prefix: int) -> bytes:
+        return masked_ip16(ip, v4_bytes, v6_prefix)
+
+    def consent_proof(self, consent_id: str, ts: float) -> str:
+        """A day-scoped token proving which consent authorised a row without linking days.
+
+        Rows of purposes that keep no stable identifier carry this instead of the raw
+        consent id: the operator (who holds the secret and the ledger) can recompute it
+        for any consent record on that day, while analysts cannot join rows across days.
+        """
+        day = int(ts // 86400)
+        return hmac.new(self._proof_key, f"{consent_id}|{day}".encode(), hashlib.sha256).hexdigest()[:20]
+
+
+def language_tag(accept_language: str) -> str:
+    """The visitor's first preferred language from Accept-Language (e.g. 'en-US' -> 'en-us')."""
+    first = accept_language.split(",", 1)[0].split(";", 1)[0].strip().lower()
+    if not first or first == "*" or len(first) > 16 or not all(c.isalnum() or c == "-" for c in first):
+        return ""
+    return first

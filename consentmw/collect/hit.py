@@ -1,0 +1,68 @@
+"""The raw hit: what the request path captures, before any minimisation or parsing.
+
+Capturing must be nearly free, so a hit holds header values exactly as they arrived;
+IP resolution, user-agent parsing, GeoIP and per-purpose minimisation happen later on
+the writer thread. A hit never outlives the writer's batch except in the spool, and
+only purposes the visitor granted ever see it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+#: Query parameters worth keeping (campaign tags and ad click ids); everything else is dropped.
+CAMPAIGN_PARAMS = frozenset({"utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content", "ref"})
+CLICK_ID_PARAMS = frozenset({"gclid", "gbraid", "wbraid", "dclid", "fbclid", "msclkid", "yclid", "ttclid", "twclid", "li_fat_id"})
+_KEEP = CAMPAIGN_PARAMS | CLICK_ID_PARAMS
+
+
+@dataclass(slots=True)
+class Hit:
+    """One event as captured: a server-side page view or one beacon event."""
+
+    ts: float                       # unix seconds when the request started
+    event_type: str                 # pageview | timing | vitals | click | custom
+    site: str                       # host the visitor asked for
+    path: str
+    consent_id: str
+    policy_version: str
+    purposes: frozenset[str]        # granted purposes that collect data
+    visitor_id: str | None          # only when a granted purpose keeps one
+    peer_ip: str                    # the socket peer
+    forwarded_for: str              # X-Forwarded-For / Forwarded, resolved later against trusted proxies
+    user_agent: str
+    language: str                   # Accept-Language as sent
+    referrer: str
+    campaign: dict[str, str] | None = None  # only CAMPAIGN_PARAMS / CLICK_ID_PARAMS
+    status: int = 0
+    duration_ms: int = 0
+    data: dict[str, Any] | None = None      # validated beacon payload
+
+    def to_json(self) -> list[Any]:
+        """A compact JSON-ready form for the spool."""
+        return [self.ts, self.event_type, self.site, self.path, self.consent_id, self.policy_version,
+                sorted(self.purposes), self.visitor_id, self.peer_ip, self.forwarded_for,
+                self.user_agent, self.language, self.referrer, self.campaign, self.status,
+                self.duration_ms, self.data]
+
+    @classmethod
+    def from_json(cls, row: list[Any]) -> "Hit":
+        values = list(row)
+        values[6] = frozenset(values[6])
+        return cls(*values)
+
+
+def campaign_params(query_string: bytes) -> dict[str, str] | None:
+    """Keep only campaign tags and click ids from a query string (None when there are none)."""
+    if not query_string or (b"utm_" not in query_string and b"clid" not in query_string
+                            and b"ref=" not in query_string and b"braid" not in query_string
+                            and b"li_fat_id" not in query_string):
+        return None
+    try:
+        pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=False)
+    except ValueError:
+        return None
+    kept = {k: v[:200] for k, v in pairs if k in _KEEP}
+    return kept or None

@@ -1,0 +1,200 @@
+"""Consent state and the signed `consentmw` cookie.
+
+The cookie is the visitor's proof of choice, carried by the browser: a compact,
+human-readable payload signed with itsdangerous. The banner script reads the payload
+(so a returning visitor needs no request to decide whether to show the banner); the
+server trusts it only after checking the signature, the age and the policy version.
+A bad cookie of any kind decodes to "no consent, ask again", never to an error.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from itsdangerous import BadSignature, TimestampSigner
+
+from .policy import Policy
+
+COOKIE_NAME = "consentmw"
+FORMAT = "1"
+_SEP = "~"
+
+SOURCE_BANNER = "banner"   # an explicit choice made in the banner or through the API
+SOURCE_GPC = "gpc"         # an explicit choice made while Global Privacy Control was on
+SOURCE_DEFAULT = "default"  # no choice recorded: only required purposes apply
+
+
+def new_id() -> str:
+    """A random 96-bit identifier, URL- and cookie-safe (16 characters)."""
+    return base64.urlsafe_b64encode(os.urandom(12)).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentState:
+    """What one visitor has agreed to, as the app and the collector see it."""
+
+    id: str | None
+    granted: frozenset[str]
+    policy_version: str
+    given_at: float | None = None
+    expires_at: float | None = None
+    source: str = SOURCE_DEFAULT
+    visitor_id: str | None = None
+    gpc: bool = False
+    collecting: frozenset[str] = frozenset()
+    prompt: bool = True
+
+    def allows(self, purpose: str) -> bool:
+        """True when the visitor granted `purpose` (required purposes always are)."""
+        return purpose in self.granted
+
+    @property
+    def recorded(self) -> bool:
+        """True when this state comes from an explicit, still valid choice."""
+        return self.id is not None
+
+    def public(self) -> dict[str, object] | None:
+        if self.id is None:
+            return None
+        return {
+            "id": self.id,
+            "granted": sorted(self.granted),
+            "given_at": self.given_at,
+            "expires_at": self.expires_at,
+            "source": self.source,
+            "gpc": self.gpc,
+        }
+
+
+class ConsentCodec:
+    """Encodes consent into the signed cookie value and back, with a bounded verify cache.
+
+    Payload fields (separated by ``~``): format, consent id, policy version, granted
+    purposes (``:``-separated), given-at (unix seconds), GPC flag, visitor id or ``-``.
+    itsdangerous appends a timestamp and an HMAC-SHA1 signature. With several keys the
+    first signs and all verify, so secrets can be rotated without logging visitors out.
+    """
+
+    def __init__(self, secret_keys: str | Sequence[str], policy: Policy,
+                 max_age: int = 180 * 86400, cache_size: int = 10_000) -> None:
+        keys = [secret_keys] if isinstance(secret_keys, str) else list(secret_keys)
+        if not keys or not all(isinstance(k, str) and k for k in keys):
+            raise ValueError("secret_key must be a non-empty string or a non-empty list of them")
+        # itsdangerous: the last key signs, all verify. Our API says the first signs.
+        self._signer = TimestampSigner(list(reversed(keys)), salt="consentmw.consent")
+        self.policy = policy
+        self.max_age = max_age
+        self._cache: dict[str, ConsentState] = {}
+        self._cache_size = cache_size
+        self._collecting_ids = frozenset(p.id for p in policy.collecting)
+        self._visitor_id_ids = frozenset(p.id for p in policy.purposes if "visitor_id" in p.categories)
+        self.default_state = ConsentState(
+            id=None, granted=policy.required_ids, policy_version=policy.version,
+            collecting=frozenset(), prompt=True)
+
+    # -- encode ------------------------------------------------------------
+    def issue(self, granted: Iterable[str], *, gpc: bool = False, visitor_id: str | None = None,
+              consent_id: str | None = None, now: float | None = None) -> tuple[str, ConsentState]:
+        """Sign a new choice; returns the cookie value and the state it stands for."""
+        now = time.time() if now is None else now
+        granted_set = frozenset(granted) | self.policy.required_ids
+        unknown = granted_set - self.policy.ids
+        if unknown:
+            raise ValueError(f"unknown purpose(s): {', '.join(sorted(unknown))}")
+        state = ConsentState(
+            id=consent_id or new_id(),
+            granted=granted_set,
+            policy_version=self.policy.version,
+            given_at=float(int(now)),
+            expires_at=float(int(now) + self.max_age),
+            source=SOURCE_GPC if gpc else SOURCE_BANNER,
+            visitor_id=visitor_id,
+            gpc=gpc,
+            collecting=granted_set & self._collecting_ids,
+            prompt=False,
+        )
+        payload = _SEP.join((
+            FORMAT, state.id or "", self.policy.version,
+            ":".join(p.id for p in self.policy.purposes if p.id in granted_set),
+            str(int(now)), "1" if gpc else "0", visitor_id or "-",
+        ))
+        return self._signer.sign(payload).decode("ascii"), state
+
+    # -- decode ------------------------------------------------------------
+    def decode(self, value: str | None, *, now: float | None = None) -> ConsentState | None:
+        """Verify a cookie value. Returns None for anything not a valid, current choice."""
+        if not value:
+            return None
+        cached = self._cache.get(value)
+        if cached is not None:
+            if cached.expires_at is not None and cached.expires_at > (time.time() if now is None else now):
+                return cached
+            self._cache.pop(value, None)
+            return None
+        state = self._verify(value, now)
+        if state is not None:
+            if len(self._cache) >= self._cache_size:
+                # Drop the oldest half: cheap, bounded, and hot cookies come straight back.
+                for key in list(self._cache)[: self._cache_size // 2]:
+                    del self._cache[key]
+            self._cache[value] = state
+        return state
+
+    def _verify(self, value: str, now: float | None) -> ConsentState | None:
+        if len(value) > 512:
+            return None
+        try:
+            raw, signed_at = self._signer.unsign(value, max_age=self.max_age, return_timestamp=True)
+            parts = raw.decode("ascii").split(_SEP)
+        except (BadSignature, UnicodeDecodeError, ValueError):
+            return None
+        if len(parts) != 7 or parts[0] != FORMAT or parts[2] != self.policy.version:
+            return None
+        _, cid, _, granted_raw, given_raw, gpc_raw, vid = parts
+        granted = frozenset(g for g in granted_raw.split(":") if g)
+        if not granted <= self.policy.ids or not cid:
+            return None
+        try:
+            given_at = float(int(given_raw))
+        except ValueError:
+            return None
+        expires = signed_at.timestamp() + self.max_age
+        if expires <= (time.time() if now is None else now):
+            return None
+        granted |= self.policy.required_ids
+        gpc = gpc_raw == "1"
+        return ConsentState(
+            id=cid, granted=granted, policy_version=self.policy.version, given_at=given_at,
+            expires_at=expires, source=SOURCE_GPC if gpc else SOURCE_BANNER,
+            visitor_id=None if vid == "-" else vid, gpc=gpc,
+            collecting=granted & self._collecting_ids, prompt=False,
+        )
+
+    # -- Global Privacy Control ----------------------------------------------
+    def apply_gpc(self, state: ConsentState) -> ConsentState:
+        """Deny GPC opt-out purposes unless the choice was itself made under GPC.
+
+        A choice made while the signal was on already reflects it (the visitor may have
+        switched a purpose on explicitly); an older choice made without the signal is
+        narrowed, because the browser now says "do not sell or share".
+        """
+        if state.gpc:
+            return state
+        gpc_ids = self.policy.gpc_ids
+        if not (state.granted & gpc_ids):
+            return state
+        granted = state.granted - gpc_ids
+        return ConsentState(
+            id=state.id, granted=granted, policy_version=state.policy_version,
+            given_at=state.given_at, expires_at=state.expires_at, source=state.source,
+            visitor_id=state.visitor_id if granted & self._visitor_id_ids else None, gpc=True,
+            collecting=granted & self._collecting_ids, prompt=state.prompt,
+        )
+
+    def needs_visitor_id(self, granted: Iterable[str]) -> bool:
+        """True when a granted purpose keeps the stable random visitor id."""
+        return bool(self._visitor_id_ids & frozenset(granted))

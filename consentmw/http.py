@@ -1,0 +1,143 @@
+"""Small HTTP helpers for the consent endpoints: capped body reading, origin checks, cookies.
+
+These run only on `/_consent/*` requests, never on the site's own pages.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable
+
+from starlette.responses import JSONResponse
+from starlette.types import Receive, Scope
+
+
+class HTTPProblem(Exception):
+    """A request we refuse, with the status and the reason we tell the client."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": self.reason}, status_code=self.status,
+                            headers={"Cache-Control": "no-store"})
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    """The first value of a header, decoded as latin-1 (as HTTP header bytes are)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def cookie_value(raw: bytes | None, name: bytes) -> str | None:
+    """Find one cookie in a Cookie header without parsing all of them."""
+    if not raw:
+        return None
+    start = 0
+    needle = name + b"="
+    while True:
+        i = raw.find(needle, start)
+        if i < 0:
+            return None
+        if i == 0 or raw[i - 1] in b"; \t":
+            j = raw.find(b";", i)
+            value = raw[i + len(needle): j if j >= 0 else len(raw)].strip()
+            if value[:1] == b'"' and value[-1:] == b'"':
+                value = value[1:-1]
+            return value.decode("latin-1")
+        start = i + 1
+
+
+async def read_body(receive: Receive, scope: Scope, limit: int) -> bytes:
+    """Read the whole body, refusing (413) anything over `limit` bytes without buffering it."""
+    length = header(scope, b"content-length")
+    if length is not None:
+        try:
+            if int(length) > limit:
+                raise HTTPProblem(413, f"body too large (limit {limit} bytes)")
+        except ValueError:
+            raise HTTPProblem(400, "invalid Content-Length") from None
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise HTTPProblem(400, "client disconnected")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise HTTPProblem(413, f"body too large (limit {limit} bytes)")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def parse_json(body: bytes, max_depth: int = 8) -> Any:
+    """Decode a JSON body strictly (UTF-8, no NaN, bounded nesting)."""
+    if not body:
+        raise HTTPProblem(400, "empty body: expected JSON")
+    # Bounded nesting is checked before decoding so deep input cannot exhaust the stack.
+    depth = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > max_depth:
+                raise HTTPProblem(400, f"JSON nested deeper than {max_depth} levels")
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    try:
+        text = body.decode("utf-8")
+        return json.loads(text, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise HTTPProblem(400, f"invalid JSON: {exc}"[:200]) from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def origin_of(scope: Scope) -> str:
+    """This request's own origin (scheme://host[:port]) as the browser would write it."""
+    scheme = scope.get("scheme", "http")
+    host = header(scope, b"host") or ""
+    if not host and scope.get("server"):
+        h, p = scope["server"]
+        host = h if (scheme, p) in (("http", 80), ("https", 443)) else f"{h}:{p}"
+    ws = {"ws": "http", "wss": "https"}
+    return f"{ws.get(scheme, scheme)}://{host.lower()}"
+
+
+def check_same_origin(scope: Scope, allowed: Iterable[str] = ()) -> None:
+    """Refuse (403) a request a browser marked as coming from another site.
+
+    Browsers send `Origin` on every POST/DELETE and `Sec-Fetch-Site` on every request;
+    clients without them (curl, server-to-server) cannot carry a visitor's cookie
+    across sites, so their absence is not a CSRF risk.
+    """
+    site = header(scope, b"sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        origin = header(scope, b"origin")
+        if not (site == "same-site" and origin is not None and origin in allowed):
+            raise HTTPProblem(403, f"cross-origin request refused (Sec-Fetch-Site: {site[:20]})")
+    origin = header(scope, b"origin")
+    if origin is not None and origin != origin_of(scope) and origin not in allowed:
+        raise HTTPProblem(403, "cross-origin request refused (Origin does not match)")
+
+
+def no_store(response: JSONResponse) -> JSONResponse:
+    response.headers["Cache-Control"] = "no-store"
+    return response

@@ -1,0 +1,41 @@
+"""The consent ledger record: the append-only proof of every choice a visitor made."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import uuid
+
+
+ACTION_GRANT = "grant"          # first choice from this browser
+ACTION_CHANGE = "change"        # a later, different or repeated choice
+ACTION_WITHDRAW = "withdraw"    # every optional purpose withdrawn at once
+
+
+@dataclass(slots=True)
+class ConsentRecord:
+    """One row of `consent_log`. Holds a masked IP only; never a raw one."""
+
+    consent_id: str
+    ts: float
+    action: str
+    policy_version: str
+    granted: list[str]
+    denied: list[str]
+    source: str                 # banner | gpc | api | admin
+    gpc: bool
+    language: str
+    texts_hash: str
+    page: str
+    peer_ip: str
+    forwarded_for: str
+    user_agent: str
+    site: str
+    visitor_id: str | None = None
+    record_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    def to_json(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> "ConsentRecord":
+        return cls(**data)  # type: ignore[arg-type]

@@ -1,0 +1,173 @@
+"""`ConsentMiddleware`: the pure ASGI middleware a site mounts.
+
+Per request it does a cached cookie look-up, puts the visitor's `ConsentState` at
+`scope["state"]["consent"]` (Starlette/FastAPI: `request.state.consent`), and, when a
+granted purpose collects data and the answer is an HTML page, appends one raw hit to
+the collector's bounded queue after the last body byte is sent. Everything costly
+happens on the collector's writer thread. Requests under the prefix go to the consent
+API. The ASGI lifespan starts and drains the collector; apps and servers that do not
+speak lifespan still work (the collector starts on the first request and drains at exit).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .api import ConsentAPI
+from .collect.hit import Hit, campaign_params
+from .consent import COOKIE_NAME, ConsentCodec, ConsentState
+from .http import cookie_value
+from .pipeline import Collector
+from .settings import Settings
+
+_COOKIE = COOKIE_NAME.encode()
+_CAPTURE_METHODS = frozenset({"GET", "HEAD"})
+
+
+class ConsentMiddleware:
+    """Consent state for every request, consent endpoints, and consent-gated collection."""
+
+    def __init__(self, app: ASGIApp, *, secret_key: str | list[str] | None = None,
+                 clickhouse_dsn: str | None = None, policy: Any = None, spool_dir: str | None = None,
+                 admin_token: str | None = None, collector: Collector | None = None, **options: Any) -> None:
+        self.app = app
+        self.settings = Settings.build(dict(secret_key=secret_key, clickhouse_dsn=clickhouse_dsn, policy=policy,
+                                            spool_dir=spool_dir, admin_token=admin_token, **options))
+        self.policy = self.settings.policy
+        self.codec = ConsentCodec(self.settings.secret_key, self.policy, max_age=self.settings.cookie_max_age)
+        self.collector = collector or Collector.from_settings(self.settings)
+        self.api = ConsentAPI(self.settings, self.codec, self.collector)
+        from .routes import register_all  # the beacon, rights and operator endpoints
+        register_all(self.api)
+        prefix = self.settings.prefix
+        self._prefix_slash = prefix + "/"
+        self._prefix = prefix
+        self._collect = self.settings.collect
+        self._exclude = tuple(self.settings.exclude_paths)
+        self._include = tuple(self.settings.include_paths)
+        self._exclude_ext = tuple(e.lower() for e in self.settings.exclude_extensions)
+
+    # ---------------------------------------------------------------- ASGI entry
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        if kind != "http" and kind != "websocket":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if kind == "http" and (path.startswith(self._prefix_slash) or path == self._prefix):
+            self.collector.ensure_started()
+            await self.api(scope, receive, send)
+            return
+
+        cookie = user_agent = language = referrer = forwarded = host = b""
+        gpc = False
+        for key, value in scope["headers"]:
+            if key == b"cookie":
+                cookie = value if not cookie else cookie + b"; " + value
+            elif key == b"user-agent":
+                user_agent = value
+            elif key == b"accept-language":
+                language = value
+            elif key == b"referer":
+                referrer = value
+            elif key == b"host":
+                host = value
+            elif key == b"sec-gpc":
+                gpc = value == b"1"
+            elif key == b"x-forwarded-for" or key == b"forwarded":
+                forwarded = value
+        state: ConsentState = self.codec.decode(cookie_value(cookie, _COOKIE)) or self.codec.default_state
+        if gpc:
+            state = self.codec.apply_gpc(state)
+        scope_state = scope.get("state")
+        if scope_state is None:
+            scope["state"] = {"consent": state}
+        else:
+            scope_state["consent"] = state
+
+        if (not state.collecting or not self._collect or kind != "http"
+                or scope["method"] not in _CAPTURE_METHODS or not self._wants(path)):
+            await self.app(scope, receive, send)
+            return
+
+        started = time.time()
+        collector = self.collector
+        status = 0
+        is_html = False
+
+        async def send_capturing(message: Message) -> None:
+            nonlocal status, is_html
+            await send(message)
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                for hkey, hvalue in message.get("headers", ()):
+                    if hkey.lower() == b"content-type":
+                        is_html = hvalue.startswith(b"text/html")
+                        break
+            elif is_html and not message.get("more_body", False):
+                is_html = False  # one hit per response, even if the app misbehaves
+                client = scope.get("client")
+                collector.submit(Hit(
+                    started, "pageview", host.decode("latin-1"), path, state.id or "",
+                    state.policy_version, state.collecting, state.visitor_id,
+                    client[0] if client else "", forwarded.decode("latin-1"),
+                    user_agent.decode("latin-1"), language.decode("latin-1"),
+                    referrer.decode("latin-1"), campaign_params(scope.get("query_string", b"")),
+                    status, int((time.time() - started) * 1000)))
+
+        collector.ensure_started()
+        await self.app(scope, receive, send_capturing)
+
+    def _wants(self, path: str) -> bool:
+        """Whether a path's pages are captured (include/exclude prefixes, static extensions)."""
+        if self._include and not path.startswith(self._include):
+            return False
+        if path.startswith(self._exclude):
+            return False
+        return not path.lower().endswith(self._exclude_ext)
+
+    # ---------------------------------------------------------------- lifespan
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Start the collector at startup and drain it at shutdown, whatever the inner app does.
+
+        The inner app sees the lifespan messages first-hand. If it does not implement
+        lifespan (raises or returns without answering, as Django's ASGI handler does),
+        this middleware completes the protocol itself so the server still gets its answers.
+        """
+        seen: set[str] = set()
+        answered: set[str] = set()
+
+        async def receive_wrapper() -> Message:
+            message = await receive()
+            seen.add(message["type"])
+            if message["type"] == "lifespan.startup":
+                await self.collector.astart()
+            elif message["type"] == "lifespan.shutdown":
+                await self.collector.astop()
+            return message
+
+        async def send_wrapper(message: Message) -> None:
+            answered.add(message["type"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive_wrapper, send_wrapper)
+        except BaseException:
+            if answered:
+                raise
+        if "lifespan.shutdown.complete" in answered or "lifespan.startup.failed" in answered:
+            return
+        # The app did not (fully) speak lifespan: finish the protocol on its behalf.
+        if "lifespan.startup" not in seen:
+            await receive_wrapper()
+        if "lifespan.startup.complete" not in answered:
+            await send({"type": "lifespan.startup.complete"})
+        if "lifespan.shutdown" not in seen:
+            await receive_wrapper()
+        await send({"type": "lifespan.shutdown.complete"})

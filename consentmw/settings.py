@@ -1,0 +1,112 @@
+"""Settings for the middleware, from keyword arguments or `CONSENTMW_*` environment variables.
+
+Keyword arguments win over the environment, which wins over the defaults, so one app
+can be configured in code while operators override deployment details (DSN, spool,
+secrets) without touching it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+from .policy import Policy
+
+DEFAULT_DSN = "chdb://./consentmw-data"
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; the message says which and how to fix it."""
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@dataclass
+class Settings:
+    secret_key: list[str]
+    policy: Policy
+    clickhouse_dsn: str = DEFAULT_DSN
+    database: str = "consentmw"
+    spool_dir: str = "./consentmw-spool"
+    admin_token: str | None = None
+    prefix: str = "/_consent"
+    cookie_domain: str | None = None
+    cookie_max_age: int = 180 * 86400
+    cookie_secure: bool | None = None          # None: Secure when the request is https
+    trusted_proxies: list[str] = field(default_factory=list)
+    allowed_origins: list[str] = field(default_factory=list)
+    collect: bool = True                       # capture server-side page hits
+    exclude_paths: list[str] = field(default_factory=lambda: ["/static/", "/favicon.ico", "/robots.txt"])
+    include_paths: list[str] = field(default_factory=list)  # empty: every path
+    exclude_extensions: list[str] = field(default_factory=lambda: [
+        ".css", ".js", ".mjs", ".map", ".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp",
+        ".ico", ".woff", ".woff2", ".ttf", ".json", ".xml", ".txt", ".pdf"])
+    geoip_db: str | None = None
+    batch_size: int = 5_000
+    flush_interval: float = 1.0
+    queue_size: int = 100_000
+    shutdown_timeout: float = 5.0
+    spool_max_bytes: int = 1 << 30
+    collect_rate: float = 20.0                 # beacon requests per second per client (token bucket)
+    collect_burst: int = 60
+    floating_button: bool = True
+    hit_all_purposes_for_bots: bool = False
+
+    _ENV = {
+        "secret_key": "CONSENTMW_SECRET_KEY",
+        "clickhouse_dsn": "CONSENTMW_CLICKHOUSE_DSN",
+        "policy": "CONSENTMW_POLICY",
+        "spool_dir": "CONSENTMW_SPOOL_DIR",
+        "admin_token": "CONSENTMW_ADMIN_TOKEN",
+        "database": "CONSENTMW_DATABASE",
+        "geoip_db": "CONSENTMW_GEOIP_DB",
+        "trusted_proxies": "CONSENTMW_TRUSTED_PROXIES",
+        "cookie_domain": "CONSENTMW_COOKIE_DOMAIN",
+    }
+
+    @classmethod
+    def build(cls, options: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> "Settings":
+        """Merge keyword options, the environment and defaults, validating as it goes."""
+        env = os.environ if environ is None else environ
+        known = {f.name for f in fields(cls) if not f.name.startswith("_")}
+        unknown = set(options) - known
+        if unknown:
+            raise SettingsError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
+        for name, var in cls._ENV.items():
+            if name not in values and env.get(var):
+                values[name] = env[var]
+        secret = values.get("secret_key")
+        if isinstance(secret, str):
+            secret = _split(secret)
+        if not secret:
+            raise SettingsError("secret_key is required: pass secret_key=... or set CONSENTMW_SECRET_KEY")
+        if any(len(k) < 16 for k in secret):
+            raise SettingsError("secret_key: each key must be at least 16 characters")
+        values["secret_key"] = list(secret)
+        policy = values.get("policy")
+        if policy is None:
+            values["policy"] = Policy.default()
+        elif isinstance(policy, (str, os.PathLike)):
+            values["policy"] = Policy.from_file(policy)
+        elif not isinstance(policy, Policy):
+            raise SettingsError("policy must be a Policy or a path to a TOML file")
+        for name in ("trusted_proxies", "allowed_origins"):
+            if isinstance(values.get(name), str):
+                values[name] = _split(values[name])
+        for net in values.get("trusted_proxies", []):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise SettingsError(f"trusted_proxies: {net!r} is not an IP address or network") from None
+        prefix = values.get("prefix", "/_consent")
+        if not prefix.startswith("/") or prefix.endswith("/") or len(prefix) < 2:
+            raise SettingsError("prefix must start with '/' and not end with one, e.g. '/_consent'")
+        for name in ("batch_size", "queue_size", "cookie_max_age"):
+            if name in values and (not isinstance(values[name], int) or values[name] <= 0):
+                raise SettingsError(f"{name} must be a positive integer")
+        return cls(**values)

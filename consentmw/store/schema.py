@@ -1,0 +1,126 @@
+"""ClickHouse DDL: per-purpose event tables, the consent ledger, erasure receipts, views.
+
+Migration is idempotent and derived from the policy: a purpose gets its table with the
+columns of its categories and its retention as TTL; a policy that adds a category adds
+columns; a changed retention changes the TTL. Columns are never dropped automatically
+(old rows keep what they were collected with until their TTL removes them).
+With `cluster` set, every statement runs `ON CLUSTER` with Replicated engines and a
+Distributed table in front, for several ClickHouse servers.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..fields import LEDGER_COLUMNS, Column, columns_for, table_for
+from ..policy import Policy
+
+SCHEMA_VERSION = 1
+LEDGER_RETENTION_DAYS = 1826   # proof of consent is kept five years
+DEDUP_WINDOW = 10_000
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def check_identifier(name: str, what: str) -> str:
+    if not _IDENT.fullmatch(name):
+        raise ValueError(f"{what} {name!r} is not a valid ClickHouse identifier")
+    return name
+
+
+@dataclass(frozen=True)
+class Schema:
+    policy: Policy
+    database: str = "consentmw"
+    cluster: str | None = None
+
+    def __post_init__(self) -> None:
+        check_identifier(self.database, "database")
+        if self.cluster:
+            check_identifier(self.cluster, "cluster")
+
+    # -- helpers -------------------------------------------------------------
+    @property
+    def on_cluster(self) -> str:
+        return f" ON CLUSTER {self.cluster}" if self.cluster else ""
+
+    def local(self, table: str) -> str:
+        """The table rows physically live in (the `_local` shard table on a cluster)."""
+        return f"{self.database}.{table}_local" if self.cluster else f"{self.database}.{table}"
+
+    def engine(self, table: str, kind: str = "MergeTree", *args: str) -> str:
+        """A MergeTree-family engine; replicated through Keeper when running on a cluster."""
+        if self.cluster:
+            path = f"'/clickhouse/tables/{{shard}}/{self.database}/{table}', '{{replica}}'"
+            return f"Replicated{kind}({', '.join((path, *args))})"
+        return f"{kind}({', '.join(args)})"
+
+    @staticmethod
+    def _column_ddl(columns: tuple[Column, ...]) -> str:
+        return ",\n  ".join(f"`{c.name}` {c.ch_type}" for c in columns)
+
+    # -- statements ----------------------------------------------------------
+    def statements(self) -> list[str]:
+        """Every DDL statement, in order; each is safe to run again."""
+        out = [f"CREATE DATABASE IF NOT EXISTS {self.database}{self.on_cluster}",
+               f"CREATE TABLE IF NOT EXISTS {self.database}.schema_migrations{self.on_cluster} (\n"
+               f"  version UInt32, policy_version String, applied_at DateTime DEFAULT now()\n"
+               f") ENGINE = {self.engine('schema_migrations')} ORDER BY version"]
+        for purpose in self.policy.collecting:
+            out.extend(self.event_table(table_for(purpose.id), columns_for(purpose), purpose.retention_days,
+                                        "visitor_id" in purpose.categories))
+        out.extend(self.ledger_tables())
+        return out
+
+    def event_table(self, table: str, columns: tuple[Column, ...], retention_days: int,
+                    has_visitor: bool) -> list[str]:
+        indexes = ["INDEX idx_consent consent_id TYPE bloom_filter GRANULARITY 4"]
+        if has_visitor:
+            indexes.append("INDEX idx_visitor visitor_id TYPE bloom_filter GRANULARITY 4")
+        body = self._column_ddl(columns) + ",\n  " + ",\n  ".join(indexes)
+        ttl = f"toDateTime(ts) + toIntervalDay({int(retention_days)})"
+        stmts = [
+            f"CREATE TABLE IF NOT EXISTS {self.local(table)}{self.on_cluster} (\n  {body}\n)"
+            f" ENGINE = {self.engine(table)}\nPARTITION BY toYYYYMM(ts)\n"
+            f"ORDER BY (site, toDate(ts), event_type, ts)\nTTL {ttl}\n"
+            f"SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}",
+        ]
+        # Columns added to the policy later, and a retention that changed.
+        for column in columns:
+            stmts.append(f"ALTER TABLE {self.local(table)}{self.on_cluster} "
+                         f"ADD COLUMN IF NOT EXISTS `{column.name}` {column.ch_type}")
+        stmts.append(f"ALTER TABLE {self.local(table)}{self.on_cluster} MODIFY TTL {ttl}")
+        stmts.extend(self._distributed(table))
+        return stmts
+
+    def ledger_tables(self) -> list[str]:
+        ledger = (
+            f"CREATE TABLE IF NOT EXISTS {self.local('consent_log')}{self.on_cluster} (\n"
+            f"  {self._column_ddl(LEDGER_COLUMNS)},\n"
+            f"  INDEX idx_visitor visitor_id TYPE bloom_filter GRANULARITY 4\n)"
+            f" ENGINE = {self.engine('consent_log')}\nPARTITION BY toYYYYMM(ts)\n"
+            f"ORDER BY (consent_id, ts)\n"
+            f"TTL toDateTime(ts) + toIntervalDay({LEDGER_RETENTION_DAYS})\n"
+            f"SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}")
+        erasure = (
+            f"CREATE TABLE IF NOT EXISTS {self.local('erasure_log')}{self.on_cluster} (\n"
+            f"  receipt_id UUID, ts DateTime64(3, 'UTC'), subject_hash String,\n"
+            f"  requested_by LowCardinality(String), tables Map(String, UInt64),\n"
+            f"  verified Bool, note String\n)"
+            f" ENGINE = {self.engine('erasure_log')}\nORDER BY ts")
+        blocked = (
+            f"CREATE TABLE IF NOT EXISTS {self.local('blocked_visitors')}{self.on_cluster} (\n"
+            f"  subject String, blocked UInt8, ts DateTime64(3, 'UTC')\n)"
+            f" ENGINE = {self.engine('blocked_visitors', 'ReplacingMergeTree', 'ts')}\n"
+            f"ORDER BY subject")
+        out = [ledger, erasure, blocked]
+        for table in ("consent_log", "erasure_log", "blocked_visitors"):
+            out.extend(self._distributed(table))
+        return out
+
+    def _distributed(self, table: str) -> list[str]:
+        if not self.cluster:
+            return []
+        return [f"CREATE TABLE IF NOT EXISTS {self.database}.{table}{self.on_cluster} "
+                f"AS {self.local(table)} ENGINE = Distributed({self.cluster}, {self.database}, "
+                f"{table}_local, rand())"]

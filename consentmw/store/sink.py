@@ -1,0 +1,175 @@
+"""The ClickHouse sink: one clickhouse-connect client for chDB (embedded) or a server.
+
+Batches arrive as column lists and are inserted as Arrow tables (no DESCRIBE per
+insert, no per-value Python encoding). Each insert carries a deduplication token, so a
+batch retried after a lost answer is stored once. Any failure is raised as `SinkError`
+for the writer to spool the batch.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+
+from ..fields import BY_NAME, LEDGER_COLUMNS
+from .schema import SCHEMA_VERSION, Schema
+
+_LEDGER_TYPES = {c.name: c.ch_type for c in LEDGER_COLUMNS}
+
+
+class SinkError(RuntimeError):
+    """The store could not take a batch (down, slow, full, or it refused it)."""
+
+
+class StoreLockedError(SinkError):
+    """The chDB directory belongs to another process."""
+
+
+def resolve_dsn(dsn: str) -> tuple[str, str | None]:
+    """Normalise a DSN; for chDB return the absolute data directory as well."""
+    if dsn.startswith("chdb://"):
+        path = dsn[len("chdb://"):] or "./consentmw-data"
+        path = os.path.abspath(os.path.expanduser(path))
+        return "chdb://" + path, path
+    scheme = urlsplit(dsn).scheme
+    if scheme not in ("http", "https", "clickhouse", "clickhouses"):
+        raise ValueError(f"unsupported ClickHouse DSN {dsn!r}: use chdb:///dir or http(s)://host:8123")
+    return dsn, None
+
+
+def arrow_type(ch_type: str) -> pa.DataType:
+    base = ch_type.split(" CODEC", 1)[0]
+    if base.startswith("Nullable("):
+        base = base[len("Nullable("):-1]
+    if base.startswith("LowCardinality("):
+        base = base[len("LowCardinality("):-1]
+    if base.startswith("Array("):
+        return pa.list_(arrow_type(base[len("Array("):-1]))
+    if base.startswith("Map("):
+        return pa.map_(pa.string(), pa.string())
+    if base.startswith("DateTime64"):
+        return pa.timestamp("ms", tz="UTC")
+    return {
+        "String": pa.string(), "UUID": pa.string(), "UInt16": pa.uint16(), "UInt32": pa.uint32(),
+        "UInt64": pa.uint64(), "UInt8": pa.uint8(), "Float32": pa.float32(), "Bool": pa.bool_(),
+        "IPv6": pa.binary(16),
+    }[base]
+
+
+def to_arrow(table: str, columns: dict[str, list[Any]]) -> pa.Table:
+    """Column lists to an Arrow table typed from the schema vocabulary."""
+    types = _LEDGER_TYPES if table == "consent_log" else None
+    arrays = {}
+    for name, values in columns.items():
+        ch_type = types[name] if types is not None else BY_NAME[name].ch_type
+        kind = arrow_type(ch_type)
+        if pa.types.is_map(kind):
+            values = [list(v.items()) for v in values]
+        arrays[name] = pa.array(values, type=kind)
+    return pa.table(arrays)
+
+
+class ClickHouseSink:
+    """Inserts Arrow batches into one ClickHouse database; creates and migrates its schema."""
+
+    def __init__(self, dsn: str, schema: Schema, *, connect_timeout: float = 3.0,
+                 send_receive_timeout: float = 10.0) -> None:
+        self.dsn, self.chdb_path = resolve_dsn(dsn)
+        self.schema = schema
+        self.database = schema.database
+        self._connect_timeout = connect_timeout
+        self._timeout = send_receive_timeout
+        self._client: Any = None
+        self._migrated = False
+        self._lock = threading.Lock()
+
+    @property
+    def embedded(self) -> bool:
+        return self.chdb_path is not None
+
+    # -- connection ----------------------------------------------------------
+    def client(self) -> Any:
+        """The shared client, connecting (and migrating) on first use."""
+        with self._lock:
+            if self._client is None:
+                self._client = self._connect()
+            if not self._migrated:
+                self.migrate(self._client)
+                self._migrated = True
+            return self._client
+
+    def _connect(self) -> Any:
+        import clickhouse_connect
+
+        try:
+            if self.chdb_path is not None:
+                os.makedirs(self.chdb_path, exist_ok=True)
+                return clickhouse_connect.get_client(dsn=self.dsn)
+            return clickhouse_connect.get_client(
+                dsn=self.dsn, connect_timeout=self._connect_timeout,
+                send_receive_timeout=self._timeout, autogenerate_session_id=False)
+        except Exception as exc:  # noqa: BLE001 - every driver error means "not reachable now"
+            message = str(exc)
+            if "lock" in message.lower() and self.chdb_path:
+                raise StoreLockedError(
+                    f"the chDB data directory {self.chdb_path} is in use by another process. "
+                    "chDB allows one process per directory: run a single worker, or point "
+                    "CONSENTMW_CLICKHOUSE_DSN at a ClickHouse server (http://host:8123) for several."
+                ) from None
+            raise SinkError(f"cannot connect to ClickHouse at {self.dsn}: {message.splitlines()[0][:300]}") from exc
+
+    def migrate(self, client: Any | None = None) -> None:
+        """Create or upgrade the schema (idempotent)."""
+        client = client or self._client
+        try:
+            for statement in self.schema.statements():
+                client.command(statement)
+            client.command(
+                f"INSERT INTO {self.database}.schema_migrations (version, policy_version) "
+                f"SELECT {SCHEMA_VERSION}, %(v)s WHERE NOT EXISTS (SELECT 1 FROM {self.database}.schema_migrations "
+                f"WHERE version = {SCHEMA_VERSION} AND policy_version = %(v)s)",
+                parameters={"v": self.schema.policy.version})
+        except Exception as exc:  # noqa: BLE001
+            raise SinkError(f"schema migration failed: {str(exc).splitlines()[0][:300]}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                try:
+                    self._client.close()
+                except Exception:  # noqa: BLE001
+                    pass
+                self._client = None
+                self._migrated = False
+
+    # -- writes --------------------------------------------------------------
+    def insert(self, table: str, data: pa.Table, token: str) -> None:
+        """Insert one table's batch; raises SinkError on any failure."""
+        settings: dict[str, Any] = {"insert_deduplication_token": token}
+        if not self.embedded:
+            settings.update(async_insert=1, wait_for_async_insert=1)
+        try:
+            client = self.client()
+            client.insert_arrow(f"{self.database}.{table}", data, settings=settings)
+        except SinkError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            self._reset_after(exc)
+            raise SinkError(f"insert into {table} failed: {str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}") from exc
+
+    def _reset_after(self, exc: Exception) -> None:
+        """Drop a server connection after a network failure so the next try reconnects."""
+        if not self.embedded:
+            with self._lock:
+                self._client = None
+                self._migrated = False
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
+        return self.client().query(sql, parameters=parameters)
+
+    def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
+        return self.client().command(sql, parameters=parameters)
