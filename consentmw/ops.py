@@ -1,0 +1,22 @@
+"""Operator helpers shared by the CLI commands: open the store from flags and environment."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from .policy import Policy
+from .settings import DEFAULT_DSN
+from .store.schema import Schema
+from .store.sink import ClickHouseSink
+
+
+def load_policy(path: str | None) -> Policy:
+    path = path or os.environ.get("CONSENTMW_POLICY")
+    return Policy.from_file(path) if path else Policy.default()
+
+
+def open_sink(args: argparse.Namespace) -> ClickHouseSink:
+    dsn = getattr(args, "dsn", None) or os.environ.get("CONSENTMW_CLICKHOUSE_DSN") or DEFAULT_DSN
+    database = getattr(args, "database", None) or os.environ.get("CONSENTMW_DATABASE") or "consentmw"
+    return ClickHouseSink(dsn, Schema(load_policy(getattr(args, "policy", None)), database))
