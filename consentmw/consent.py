@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from itsdangerous import BadSignature, TimestampSigner
+from itsdangerous import BadData, TimestampSigner
+from itsdangerous.encoding import base64_decode, base64_encode
 
 from .policy import Policy
 
@@ -148,9 +149,14 @@ class ConsentCodec:
         if len(value) > 512:
             return None
         try:
+            # base64 ignores the padding bits of the last character: accept only the
+            # canonical spelling of the signature, so no byte of a cookie can change.
+            sig = value.rpartition(".")[2].encode("ascii")
+            if base64_encode(base64_decode(sig)) != sig:
+                return None
             raw, signed_at = self._signer.unsign(value, max_age=self.max_age, return_timestamp=True)
             parts = raw.decode("ascii").split(_SEP)
-        except (BadSignature, UnicodeDecodeError, ValueError):
+        except (BadData, UnicodeError, ValueError):
             return None
         if len(parts) != 7 or parts[0] != FORMAT or parts[2] != self.policy.version:
             return None
