@@ -1,0 +1,78 @@
+"""Schema DDL: valid for ClickHouse's own parser (cluster too), idempotent, migrates with the policy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from consentmw import Policy
+from consentmw.fields import COLUMNS, LEDGER_COLUMNS, columns_for
+from consentmw.store.schema import Schema, check_identifier
+from consentmw.store.sink import ClickHouseSink, arrow_type, resolve_dsn
+
+
+def test_every_statement_parses_on_a_cluster_too(ch: Any) -> None:
+    for schema in (Schema(Policy.default(), "consentmw"), Schema(Policy.default(), "consentmw", cluster="main")):
+        statements = schema.statements()
+        assert statements
+        for sql in statements:
+            formatted = ch.query("SELECT formatQuery(%(q)s)", parameters={"q": sql}).result_rows[0][0]
+            assert formatted
+            if schema.cluster:
+                assert "ON CLUSTER main" in formatted, sql
+
+
+def test_cluster_ddl_uses_replicated_engines_and_distributed_tables() -> None:
+    text = "\n".join(Schema(Policy.default(), "cmw", cluster="main").statements())
+    assert "ReplicatedMergeTree('/clickhouse/tables/{shard}/cmw/events_statistics', '{replica}')" in text
+    assert "ENGINE = Distributed(main, cmw, events_statistics_local, rand())" in text
+
+
+def test_migration_is_idempotent_and_follows_the_policy(chdb_dsn: str, ch: Any, database: str) -> None:
+    policy = Policy.default()
+    sink = ClickHouseSink(chdb_dsn, Schema(policy, database))
+    sink.client()
+    sink.migrate()  # twice: nothing changes, nothing fails
+    cols = [r[0] for r in ch.query(f"DESCRIBE TABLE {database}.events_statistics").result_rows]
+    assert cols == [c.name for c in columns_for(policy["statistics"])]
+    create = ch.query(f"SHOW CREATE TABLE {database}.events_statistics").result_rows[0][0]
+    assert "toIntervalDay(395)" in create and "non_replicated_deduplication_window = 10000" in create
+    assert "PARTITION BY toYYYYMM(ts)" in create
+
+    # A new policy version: statistics now also keeps the language, for 30 days.
+    raw = {"version": "v2", "updated": "2026-12-01",
+           "purposes": [{"id": "necessary", "required": True},
+                        {"id": "statistics", "categories": sorted(policy["statistics"].categories | {"language"}),
+                         "retention_days": 30},
+                        {"id": "personalisation"}, {"id": "marketing"}]}
+    newer = Policy.from_dict(raw, base=policy)
+    ClickHouseSink(chdb_dsn, Schema(newer, database)).client()
+    cols = [r[0] for r in ch.query(f"DESCRIBE TABLE {database}.events_statistics").result_rows]
+    assert "language" in cols
+    create = ch.query(f"SHOW CREATE TABLE {database}.events_statistics").result_rows[0][0]
+    assert "toIntervalDay(30)" in create
+    versions = ch.query(f"SELECT policy_version FROM {database}.schema_migrations ORDER BY policy_version").result_rows
+    assert versions == [(policy.version,), ("v2",)]
+
+
+def test_every_column_type_has_an_arrow_type() -> None:
+    for column in COLUMNS + LEDGER_COLUMNS:
+        assert isinstance(arrow_type(column.ch_type), pa.DataType), column
+
+
+@pytest.mark.parametrize("bad", ["", "1abc", "a-b", "x;DROP", "a" * 65])
+def test_identifiers_are_checked(bad: str) -> None:
+    with pytest.raises(ValueError):
+        check_identifier(bad, "database")
+    with pytest.raises(ValueError):
+        Schema(Policy.default(), bad)
+
+
+def test_dsn_resolution() -> None:
+    dsn, path = resolve_dsn("chdb://./data-dir")
+    assert dsn.startswith("chdb:///") and path and path.endswith("/data-dir")
+    assert resolve_dsn("http://ch:8123/") == ("http://ch:8123/", None)
+    with pytest.raises(ValueError, match="unsupported"):
+        resolve_dsn("mysql://x")
