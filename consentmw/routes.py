@@ -7,7 +7,8 @@ import importlib
 from .api import ConsentAPI
 
 #: Modules with a `register(api)` function; optional ones may not exist yet in a build.
-_MODULES = ("consentmw.beacon_api", "consentmw.assets", "consentmw.admin", "consentmw.rights")
+_MODULES = ("consentmw.beacon_api", "consentmw.assets", "consentmw.admin", "consentmw.rights",
+            "consentmw.admin_api")
 
 
 def register_all(api: ConsentAPI) -> None:

@@ -70,6 +70,8 @@ class Schema:
             out.extend(self.event_table(table_for(purpose.id), columns_for(purpose), purpose.retention_days,
                                         "visitor_id" in purpose.categories))
         out.extend(self.ledger_tables())
+        from .views import statements as view_statements  # analyst views, visitor profile
+        out.extend(view_statements(self))
         return out
 
     def event_table(self, table: str, columns: tuple[Column, ...], retention_days: int,

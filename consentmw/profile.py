@@ -1,0 +1,176 @@
+"""The visitor profile used for personalisation.
+
+Read from the `visitor_profile` aggregate (fed by a materialized view from the
+personalisation table), one primary-key look-up per visitor, cached for a few seconds.
+`None` unless the visitor granted personalisation (after GPC) and holds a visitor id,
+and `None` while the visitor has blocked processing.
+
+In a handler::
+
+    profile = await request.state.consent_profile()        # or: await get_profile(request)
+    if profile:
+        recommended = [p for p in catalogue if section_of(p) in profile.top_sections_names]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+from .store.views import PROFILE_READ, PROFILE_TABLE, profile_purpose
+
+if TYPE_CHECKING:  # pragma: no cover
+    from starlette.requests import Request
+
+    from .consent import ConsentState
+    from .policy import Policy
+    from .rights import Blocklist
+    from .store.sink import ClickHouseSink
+
+RECENT = 10
+
+
+@dataclass(frozen=True)
+class Profile:
+    visitor_id: str
+    site: str = ""
+    first_seen: dt.datetime | None = None
+    last_seen: dt.datetime | None = None
+    visits: int = 0                       # distinct days (UTC) with at least one page view
+    pageviews: int = 0
+    recent_pages: tuple[str, ...] = ()    # most recent first
+    top_pages: tuple[tuple[str, int], ...] = ()       # most viewed first (path, views)
+    recent_sections: tuple[str, ...] = ()  # first path segment, e.g. "/articles"
+    top_sections: tuple[tuple[str, int], ...] = ()
+    language: str = ""
+    country: str = ""
+    city: str = ""
+    device: str = ""
+    first_source: str = ""                # where the first visit came from (campaign, referrer)
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def returning(self) -> bool:
+        return self.visits > 1
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("extra")
+        for key in ("first_seen", "last_seen"):
+            if data[key] is not None:
+                data[key] = data[key].isoformat().replace("+00:00", "Z")
+        data["top_pages"] = [list(p) for p in self.top_pages]
+        data["top_sections"] = [list(s) for s in self.top_sections]
+        return data
+
+
+def _utc(value: Any) -> dt.datetime | None:
+    if not isinstance(value, dt.datetime) or value.year <= 1970:
+        return None
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value
+
+
+def _recent(last: dict[str, int], since_ms: int) -> tuple[str, ...]:
+    items = sorted(((ts, key) for key, ts in last.items() if ts >= since_ms and key), reverse=True)
+    return tuple(key for _, key in items[:RECENT])
+
+
+def _top(counts: dict[str, int], keep: set[str]) -> tuple[tuple[str, int], ...]:
+    items = sorted(((-n, key) for key, n in counts.items() if key in keep), key=lambda x: (x[0], x[1]))
+    return tuple((key, -n) for n, key in items[:RECENT])
+
+
+class ProfileService:
+    """Loads and caches profiles. `get(state)` is the coroutine behind `consent_profile()`."""
+
+    def __init__(self, sink: "ClickHouseSink", policy: "Policy", blocklist: "Blocklist", *,
+                 ttl: float = 5.0, max_entries: int = 10_000) -> None:
+        self.sink = sink
+        self.purpose = profile_purpose(policy)
+        self.blocklist = blocklist
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._cache: dict[str, tuple[float, Profile]] = {}
+        self.loads = 0
+        global _default
+        _default = self
+
+    def bind(self, state: "ConsentState") -> Callable[[], Awaitable[Profile | None]]:
+        """A no-argument coroutine function for one request (what the middleware puts in scope)."""
+        async def profile() -> Profile | None:
+            return await self.get(state)
+        return profile
+
+    def forget(self, visitor_id: str | None) -> None:
+        if visitor_id:
+            self._cache.pop(visitor_id, None)
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+    async def get(self, state: "ConsentState | None") -> Profile | None:
+        purpose = self.purpose
+        if purpose is None or state is None or not state.visitor_id or purpose.id not in state.granted:
+            return None
+        vid = state.visitor_id
+        blocklist = self.blocklist
+        if blocklist.stale:
+            await asyncio.to_thread(blocklist.refresh)
+        if blocklist.any_blocked((state.id, vid), refresh=False):
+            return None
+        now = time.monotonic()
+        hit = self._cache.get(vid)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        profile = await asyncio.to_thread(self.load, vid)
+        if len(self._cache) >= self.max_entries:
+            for key in [k for k, (exp, _) in self._cache.items() if exp <= now] or list(self._cache)[: self.max_entries // 2]:
+                self._cache.pop(key, None)
+        self._cache[vid] = (time.monotonic() + self.ttl, profile)
+        return profile
+
+    def load(self, visitor_id: str) -> Profile:
+        """One query on the aggregate (no cache)."""
+        self.loads += 1
+        cols = ", ".join(f"{expr} AS {name}" for name, expr in PROFILE_READ.items())
+        result = self.sink.query(
+            f"SELECT {cols} FROM {self.sink.database}.{PROFILE_TABLE} "
+            "WHERE visitor_id = %(v)s GROUP BY visitor_id", parameters={"v": visitor_id})
+        if not result.result_rows:
+            return Profile(visitor_id)
+        row = dict(zip(result.column_names, result.result_rows[0]))
+        assert self.purpose is not None
+        since = int((time.time() - self.purpose.retention_days * 86400) * 1000)
+        recent_pages = _recent(row["page_last"], since)
+        recent_sections = _recent(row["section_last"], since)
+        live_pages = {k for k, ts in row["page_last"].items() if ts >= since}
+        live_sections = {k for k, ts in row["section_last"].items() if ts >= since}
+        return Profile(
+            visitor_id=visitor_id, site=row["site"], first_seen=_utc(row["first_seen"]),
+            last_seen=_utc(row["last_seen"]), visits=int(row["visits"]), pageviews=int(row["pageviews"]),
+            recent_pages=recent_pages, top_pages=_top(row["pages"], live_pages),
+            recent_sections=recent_sections, top_sections=_top(row["sections"], live_sections),
+            language=row["language"], country=row["country"], city=row["city"], device=row["device"],
+            first_source=row["first_source"],
+        )
+
+
+_default: ProfileService | None = None
+
+
+async def get_profile(request: "Request") -> Profile | None:
+    """The current visitor's profile, or None (not granted, no visitor id, blocked).
+
+    Uses the per-request `consent_profile` callable the middleware provides; without it,
+    the most recently created ProfileService (one app per process, the common case).
+    """
+    state = request.scope.get("state") or {}
+    bound = state.get("consent_profile")
+    if bound is not None:
+        return await bound()
+    if _default is None:
+        raise RuntimeError("no ConsentMiddleware with the rights module is running in this process")
+    return await _default.get(state.get("consent"))
