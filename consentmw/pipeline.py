@@ -64,32 +64,29 @@ class Collector:
             self.start()
 
     def start(self) -> None:
+        """Start the writer threads. Never blocks on the store: connecting, migrating and
+        replaying what an earlier process left in the spool happen on the replay thread."""
         with self._start_lock:
             if self._started:
                 return
             self._started = True
             self.writer.start()
             if not self._atexit:
+                # Servers that send no lifespan events: drain when the interpreter exits.
                 atexit.register(self.stop)
                 self._atexit = True
-            # Connect and migrate off the event loop; failure only means "spool for now".
-            threading.Thread(target=self._warm_up, name="consentmw-connect", daemon=True).start()
 
-    def _warm_up(self) -> None:
-        try:
-            self.sink.client()
-        except SinkError as exc:
-            log.warning("consentmw: ClickHouse not reachable at start (%s); events will be spooled", exc)
-            self.stats.last_error = str(exc)[:300]
-            if "in use by another process" in str(exc):
-                log.error("%s", exc)
-
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = None) -> None:
+        """Drain the queue to the store, or to the spool after `shutdown_timeout` seconds."""
         with self._start_lock:
-            if not self._started:
+            if not self._started and not (self.writer.queue or self.writer.overflow):
                 return
             self._started = False
-            self.writer.stop(self.settings.shutdown_timeout)
+            self.writer.stop(self.settings.shutdown_timeout if timeout is None else timeout)
+            if self.stats.last_error and not self.stats.sink_healthy:
+                log.warning("consentmw: stopped with the store unavailable (%s); %d bytes wait in the spool "
+                            "at %s for the next process", self.stats.last_error, self.spool.bytes(),
+                            self.spool.dir)
 
     async def astart(self) -> None:
         self.start()
@@ -98,18 +95,31 @@ class Collector:
         await asyncio.get_running_loop().run_in_executor(None, self.stop)
 
     def flush(self) -> None:
-        """Write everything queued now (tests and the CLI use it; the server never needs to)."""
-        while self.writer.flush():
-            pass
+        """Write everything queued now and replay the spool (tests and the CLI use it;
+        the server never needs to)."""
+        self.writer.flush_all()
+
+    def replay(self) -> int:
+        """Replay the spool into the store now; returns the number of rows stored."""
+        if not self.writer.healthy and not self.writer.probe():
+            return 0
+        return self.writer.replay()
 
     def health(self) -> dict[str, Any]:
+        """Queue depth, spool size, last successful flush and the counters (JSON-ready)."""
+        spool = self.spool
+        stats = self.stats.as_dict()
         return {
+            "status": "ok" if stats["sink_healthy"] else ("spooling" if self._started else "stopped"),
             "queue_depth": len(self.writer.queue),
+            "queue_capacity": self.writer.queue_size,
             "overflow_depth": len(self.writer.overflow),
-            "spool_bytes": self.spool.bytes(),
-            "spool_segments": len(self.spool.segments()),
-            "spool_corrupt": self.spool.stats.corrupt,
+            "spool_bytes": spool.bytes(),
+            "spool_segments": len(spool.segments()),
+            "spool_max_bytes": spool.max_bytes,
+            "spool_corrupt": spool.stats.corrupt,
+            "spool_quarantined": len(spool.quarantined()),
             "bots_ignored": self.minimiser.counts.bots,
             "writer_running": self.writer.running,
-            **self.stats.as_dict(),
+            **stats,
         }

@@ -1,11 +1,24 @@
-"""The writer thread: batches queued items, turns them into rows, inserts, and never loses them.
+"""The writer: batches queued items, turns them into rows, inserts them, and never loses them.
 
-Flushes at `batch_size` items or `flush_interval` seconds. A batch the sink refuses is
-written to the spool with its dedup token; while the sink is failing, batches go
-straight to the spool (no request waits on a dead server) and a replay is attempted
-with exponential backoff and jitter. Overflow beyond the in-memory queue is turned into
-rows and spooled by a second thread, so the event loop never blocks and raw visitor
-data never touches the disk.
+Three daemon threads, none of them on the event loop:
+
+* the **writer** flushes the queue every `batch_size` items or `flush_interval` seconds.
+  While the store is healthy a batch is inserted directly; a batch the store refuses is
+  written to the spool with its dedup token, and while the store is unhealthy batches
+  go straight to the spool, so no batch waits on a dead or silent server;
+* the **spiller** turns overflow (items beyond the bounded in-memory queue) into rows and
+  spools them, so a burst never blocks a request or grows memory (raw visitor data never
+  touches the disk: only minimised rows are spooled);
+* the **replayer** probes the store (connect and migrate) with exponential backoff and
+  jitter while it is unhealthy, and drains the spool in order whenever it has records.
+
+Every insert carries a deduplication token that stays with the batch through the spool,
+so a batch whose insert succeeded but whose answer was lost is stored once.
+
+`stop(timeout)` drains: the queue goes to the store, or to the spool once the deadline
+passes. Batches still in flight at the deadline (an insert blocked on a silent server)
+are spooled too, with their token: if the insert completes after all, the replay is a
+no-op. Only a full spool (size cap or disk) drops rows, and every drop is counted.
 """
 
 from __future__ import annotations
@@ -17,6 +30,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -30,9 +44,17 @@ log = logging.getLogger("consentmw.writer")
 
 Process = Callable[[Iterable[Any]], dict[str, dict[str, list[Any]]]]
 
+#: A spooled record the store keeps refusing while it answers everything else is moved
+#: to the quarantine after this many attempts, so one bad batch cannot block the spool.
+POISON_ATTEMPTS = 5
+BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
+
 
 @dataclass
 class Stats:
+    """Counters. `accepted` counts events; stored/spooled/replayed/dropped count rows
+    (an event granted to two collecting purposes is two rows; ledger records are rows)."""
+
     accepted: int = 0
     stored: int = 0
     spooled: int = 0
@@ -40,10 +62,17 @@ class Stats:
     dropped: int = 0
     invalid: int = 0
     rate_limited: int = 0
+    insert_failures: int = 0
+    poisoned: int = 0
     last_flush: float | None = None
     last_error: str = ""
-    sink_healthy: bool = True
+    sink_healthy: bool = False
     _last_drop_log: float = field(default=0.0, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, name: str, n: int) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + n)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
@@ -75,12 +104,19 @@ class Writer:
         self.overflow: deque[Any] = deque()
         self.overflow_size = overflow_size
         self._wake = threading.Event()
+        self._spill_wake = threading.Event()
+        self._replay_wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._retry_at = 0.0
-        self._backoff = 0.5
+        self._backoff = BACKOFF_MIN
         self._flush_lock = threading.Lock()
+        self._replay_lock = threading.Lock()
         self._deadline = float("inf")
+        self._inflight: dict[str, tuple[str, pa.Table]] = {}
+        self._inflight_lock = threading.Lock()
+        self._attempts: dict[str, int] = {}
+        self._ever_healthy = False
 
     # -- producer side (event loop) --------------------------------------------
     def put(self, item: Any) -> bool:
@@ -93,7 +129,7 @@ class Writer:
             return True
         if len(self.overflow) < self.overflow_size:
             self.overflow.append(item)
-            self._wake.set()
+            self._spill_wake.set()
             return True
         self._drop(1, "queue and overflow full")
         return False
@@ -103,53 +139,90 @@ class Writer:
     def running(self) -> bool:
         return any(t.is_alive() for t in self._threads)
 
+    @property
+    def healthy(self) -> bool:
+        return self.stats.sink_healthy
+
     def start(self) -> None:
-        if self.running:
+        if self._threads and not self._stop.is_set():
             return
-        self._stop.clear()
-        self._threads = [threading.Thread(target=self._run, name="consentmw-writer", daemon=True),
-                         threading.Thread(target=self._spill_loop, name="consentmw-spill", daemon=True)]
+        # A fresh stop event per start: a thread of an earlier run still blocked on the
+        # store finishes its call and exits instead of joining this run.
+        stop = self._stop = threading.Event()
+        self._deadline = float("inf")
+        self._threads = [threading.Thread(target=self._run, args=(stop,), name="consentmw-writer", daemon=True),
+                         threading.Thread(target=self._spill_loop, args=(stop,), name="consentmw-spill", daemon=True),
+                         threading.Thread(target=self._replay_loop, args=(stop,), name="consentmw-replay", daemon=True)]
         for t in self._threads:
             t.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Drain: everything queued goes to the store, or to the spool past the deadline."""
+        """Drain within `timeout` seconds: to the store, else to the spool. Never drops."""
         deadline = time.monotonic() + timeout
         self._deadline = deadline
         self._stop.set()
-        self._wake.set()
-        for t in self._threads:
-            t.join(max(0.1, deadline - time.monotonic()))
-        # Whatever is still queued (threads gone or too slow) is spooled, never dropped.
-        with self._flush_lock:
-            while self.queue or self.overflow:
-                items = self._take(self.queue) or self._take(self.overflow)
+        for event in (self._wake, self._spill_wake, self._replay_wake):
+            event.set()
+        writer, spiller = self._threads[:2] if self._threads else (None, None)
+        for t in (writer, spiller):
+            if t is not None:
+                t.join(max(0.0, deadline - time.monotonic()))
+        # Past the deadline (or the threads are done): whatever is still queued goes to the
+        # spool. The writer's own flush may be blocked on the store, so no flush lock here.
+        while self.queue or self.overflow:
+            items = self._take(self.queue) or self._take(self.overflow)
+            if items:
                 self._write(items, to_sink=False)
+        # Batches in flight to a store that has not answered: spool them with their token.
+        with self._inflight_lock:
+            stuck, self._inflight = self._inflight, {}
+        for token, (table, data) in stuck.items():
+            log.warning("consentmw: insert into %s still running at the shutdown deadline; spooling it", table)
+            self._spool(table, data, token)
+        if spiller is not None and spiller.is_alive():
+            spiller.join(2.0)  # it only writes to local disk
         self.spool.close()
 
-    # -- writer loop -------------------------------------------------------------
-    def _run(self) -> None:
+    # -- threads -----------------------------------------------------------------
+    def _run(self, stop: threading.Event) -> None:
         last = time.monotonic()
-        while not self._stop.is_set():
+        while not stop.is_set():
             self._wake.wait(min(0.05, self.flush_interval))
             self._wake.clear()
             now = time.monotonic()
             if len(self.queue) >= self.batch_size or (self.queue and now - last >= self.flush_interval):
                 self.flush()
                 last = time.monotonic()
-            if now >= self._retry_at and self.spool.pending():
-                self.replay()
         # Final drain within the stop deadline; stop() spools whatever is left after it.
         while self.queue and time.monotonic() < self._deadline:
             self.flush()
 
-    def _spill_loop(self) -> None:
-        while not self._stop.is_set() or self.overflow:
+    def _spill_loop(self, stop: threading.Event) -> None:
+        while True:
             if not self.overflow:
-                self._wake.wait(0.05)
+                if stop.is_set():
+                    return
+                self._spill_wake.wait(0.05)
+                self._spill_wake.clear()
                 continue
             self._write(self._take(self.overflow), to_sink=False)
 
+    def _replay_loop(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            if time.monotonic() >= self._retry_at:
+                try:
+                    if not self.healthy:
+                        self.probe()
+                    if self.healthy and self.spool.pending():
+                        self.replay()
+                except Exception:  # noqa: BLE001 - the replayer must outlive any bug
+                    log.exception("consentmw: replay failed unexpectedly")
+                    self._failed(RuntimeError("replay error"), quiet=True)
+            wait = max(0.05, min(0.5, self._retry_at - time.monotonic()))
+            self._replay_wake.wait(wait)
+            self._replay_wake.clear()
+
+    # -- batches -----------------------------------------------------------------
     def _take(self, queue: deque[Any]) -> list[Any]:
         items = []
         pop = queue.popleft
@@ -165,8 +238,19 @@ class Writer:
         with self._flush_lock:
             items = self._take(self.queue)
             if items:
-                self._write(items, to_sink=time.monotonic() >= self._retry_at)
+                self._write(items, to_sink=self.healthy)
             return len(items)
+
+    def flush_all(self) -> None:
+        """Synchronously write everything queued and replay the spool (tests, CLI, shutdown hooks)."""
+        if not self.healthy:
+            self.probe()
+        while self.flush():
+            pass
+        while self.overflow:
+            self._write(self._take(self.overflow), to_sink=self.healthy)
+        if self.healthy and self.spool.pending():
+            self.replay()
 
     def _write(self, items: list[Any], to_sink: bool) -> None:
         try:
@@ -177,65 +261,129 @@ class Writer:
             return
         batch_id = uuid.uuid4().hex
         for table, columns in rows.items():
-            data = to_arrow(table, columns)
+            try:
+                data = to_arrow(table, columns)
+            except Exception:  # noqa: BLE001 - never expected: rows come from the minimiser
+                log.exception("consentmw: could not encode %d rows for %s; dropped", len(next(iter(columns.values()), [])), table)
+                self._drop(len(next(iter(columns.values()), [])), "encoding error")
+                continue
             token = f"{batch_id}:{table}"
-            if to_sink:
-                try:
-                    self.sink.insert(table, data, token)
-                    self.stats.stored += data.num_rows
-                    self.stats.last_flush = time.time()
-                    self._healthy()
-                    continue
-                except SinkError as exc:
-                    self._failed(exc)
-                    to_sink = False
-            self._spool(table, data, token)
+            if to_sink and self.healthy:
+                self._insert(table, data, token)
+            else:
+                self._spool(table, data, token)
+
+    def _insert(self, table: str, data: pa.Table, token: str) -> None:
+        """Insert directly; on failure spool the batch (unless shutdown already spooled it)."""
+        with self._inflight_lock:
+            self._inflight[token] = (table, data)
+        try:
+            self.sink.insert(table, data, token)
+        except SinkError as exc:
+            self._failed(exc)
+            with self._inflight_lock:
+                mine = self._inflight.pop(token, None) is not None
+            if mine:
+                self._spool(table, data, token)
+            return
+        with self._inflight_lock:
+            self._inflight.pop(token, None)
+        self.stats.add("stored", data.num_rows)
+        self.stats.last_flush = time.time()
+        self._healthy()
 
     def _spool(self, table: str, data: pa.Table, token: str) -> None:
         try:
             self.spool.write(Record("rows", table, token, encode_ipc(data)))
-            self.stats.spooled += data.num_rows
+            self.stats.add("spooled", data.num_rows)
         except SpoolFull as exc:
             self._drop(data.num_rows, str(exc))
+        self._replay_wake.set()
 
     # -- health and replay -------------------------------------------------------
     def _healthy(self) -> None:
+        if not self.stats.sink_healthy:
+            log.info("consentmw: store reachable%s", " again" if self._ever_healthy else "")
         self.stats.sink_healthy = True
-        self._backoff = 0.5
+        self._ever_healthy = True
+        self._backoff = BACKOFF_MIN
         self._retry_at = 0.0
 
-    def _failed(self, exc: Exception) -> None:
+    def _failed(self, exc: Exception, quiet: bool = False) -> None:
+        was_healthy = self.stats.sink_healthy
         self.stats.sink_healthy = False
+        self.stats.add("insert_failures", 1)
         self.stats.last_error = str(exc)[:300]
         self._retry_at = time.monotonic() + self._backoff * (0.5 + random.random())
-        self._backoff = min(self._backoff * 2, 30.0)
-        log.warning("consentmw: store unavailable, spooling (%s)", self.stats.last_error)
+        self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+        if was_healthy and not quiet:
+            log.warning("consentmw: store unavailable, spooling (%s)", self.stats.last_error)
+
+    def probe(self) -> bool:
+        """Connect (and migrate) now; marks the store healthy or schedules the next try."""
+        try:
+            self.sink.client()
+        except SinkError as exc:
+            if not self._ever_healthy and not self.stats.last_error:
+                log.warning("consentmw: ClickHouse not reachable (%s); events will be spooled", exc)
+            self._failed(exc, quiet=True)
+            return False
+        self._healthy()
+        return True
 
     def replay(self) -> int:
-        """Move spooled batches into the store, oldest first; stop at the first failure."""
+        """Move spooled batches into the store, oldest first; stop at the first failure.
+
+        Returns the number of rows stored. Safe to call from any thread and any process:
+        segments are locked while being replayed.
+        """
         moved = 0
-        for _seg, record, ack in self.spool.replay():
-            try:
-                data = decode_ipc(record.body)
-            except Exception:  # noqa: BLE001 - undecodable despite a valid checksum
-                self.spool.stats.corrupt += 1
+        with self._replay_lock, closing(self.spool.replay()) as records:
+            for _seg, record, ack in records:
+                if self._stop.is_set() and time.monotonic() > self._deadline:
+                    break
+                try:
+                    data = decode_ipc(record.body)
+                except Exception:  # noqa: BLE001 - undecodable despite a valid checksum
+                    self.spool._quarantine(_seg, record.body, "undecodable batch")
+                    ack()
+                    continue
+                try:
+                    self.sink.insert(record.table, data, record.token)
+                except SinkError as exc:
+                    if self._poisoned(record, data, exc):
+                        self.spool._quarantine(_seg, record.body, f"refused {POISON_ATTEMPTS} times: {exc}")
+                        self.stats.add("poisoned", data.num_rows)
+                        ack()
+                        continue
+                    self._failed(exc)
+                    break
                 ack()
-                continue
-            try:
-                self.sink.insert(record.table, data, record.token)
-            except SinkError as exc:
-                self._failed(exc)
-                break
-            ack()
-            self._healthy()
-            self.stats.replayed += data.num_rows
-            self.stats.stored += data.num_rows
-            self.stats.last_flush = time.time()
-            moved += data.num_rows
+                self._attempts.pop(record.token, None)
+                self._healthy()
+                self.stats.add("replayed", data.num_rows)
+                self.stats.add("stored", data.num_rows)
+                self.stats.last_flush = time.time()
+                moved += data.num_rows
         return moved
 
+    def _poisoned(self, record: Record, data: pa.Table, exc: SinkError) -> bool:
+        """True when the store answers but keeps refusing this one record."""
+        n = self._attempts.get(record.token, 0) + 1
+        self._attempts[record.token] = n
+        if n < POISON_ATTEMPTS:
+            return False
+        try:
+            self.sink.command("SELECT 1")
+        except Exception:  # noqa: BLE001 - the store is down: not the record's fault
+            return False
+        log.error("consentmw: the store refused a spooled batch of %d rows for %s %d times (%s); quarantined",
+                  data.num_rows, record.table, n, exc)
+        self._attempts.pop(record.token, None)
+        return True
+
     def _drop(self, n: int, why: str) -> None:
-        self.stats.dropped += n
+        self.stats.add("dropped", n)
         now = time.monotonic()
         if now - self.stats._last_drop_log > 10:
             self.stats._last_drop_log = now
