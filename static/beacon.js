@@ -1,0 +1,82 @@
+/* consentmw beacon: loaded by banner.js only once a collecting purpose is granted; stores nothing in the browser */
+((W, D, M, N, L, r) => {
+  M._b = 1;
+  const url = M._p + "/collect", Q = [], V = {}, ok = M._c, first = L.pathname,
+    nav = performance.getEntriesByType("navigation")[0] || {};
+  let path = first, timer, done, cls = 0, start = 0, last = 0, win = 0;
+
+  // batches go with sendBeacon (fetch keepalive as fallback), 50 events at most per request
+  const send = () => {
+    clearTimeout(timer);
+    ok() || (Q.length = 0);
+    while (Q[0]) {
+      const body = JSON.stringify({ events: Q.splice(0, 50) });
+      N.sendBeacon(url, body) || fetch(url, { method: "POST", body, keepalive: true }).catch(() => 0);
+    }
+  };
+  // nothing is queued without consent; a batch leaves after 3 s of quiet or when the page is hidden
+  const add = e => {
+    if (!ok()) return;
+    Q.push({ path, ...e });
+    clearTimeout(timer);
+    timer = setTimeout(send, Q[19] ? 0 : 3000);
+  };
+
+  // page views of single-page apps (the server counts full page loads itself)
+  const view = () => {
+    if (L.pathname == path) return;
+    const referrer = L.origin + path;
+    path = L.pathname;
+    add({ type: "pageview", referrer });
+  };
+  const push = history.pushState;
+  history.pushState = function () {
+    push.apply(this, arguments);
+    view();
+  };
+  W.addEventListener("popstate", view);
+
+  // navigation timing once the page has loaded, web vitals once it is hidden
+  const timing = () => setTimeout(() => add({
+    type: "timing", path: first, ttfb: r(nav.responseStart), dom_interactive: r(nav.domInteractive),
+    dom_complete: r(nav.domComplete), load: r(nav.loadEventEnd),
+  }));
+  if (nav.responseStart) {
+    V.ttfb = r(nav.responseStart);
+    D.readyState == "complete" ? timing() : W.addEventListener("load", timing);
+  }
+  const observe = (type, f, o) => {
+    try { new PerformanceObserver(l => l.getEntries().forEach(f)).observe({ type, buffered: true, ...o }); } catch (e) {}
+  };
+  observe("paint", e => e.name == "first-contentful-paint" && (V.fcp = r(e.startTime)));
+  observe("largest-contentful-paint", e => V.lcp = r(e.startTime));
+  // CLS: the largest session window (shifts less than 1 s apart, 5 s at most)
+  observe("layout-shift", e => {
+    if (e.hadRecentInput) return;
+    if (e.startTime - last > 1000 || e.startTime - start > 5000) start = e.startTime, win = 0;
+    last = e.startTime;
+    V.cls = cls = Math.max(cls, +(win += e.value).toFixed(4));
+  });
+  observe("event", e => e.interactionId && (V.inp = Math.max(V.inp || 0, r(e.duration))), { durationThreshold: 16 });
+  const hide = () => {
+    done || !ok() || Q.push({ type: "vitals", path: first, ...V });
+    done = 1;
+    send();
+  };
+  D.addEventListener("visibilitychange", () => D.hidden && hide());
+  W.addEventListener("pagehide", hide);
+
+  // outbound link clicks
+  D.addEventListener("click", e => {
+    const a = e.target.closest("a[href]");
+    if (a && a.protocol.startsWith("http") && a.host != L.host) {
+      add({ type: "click", url: a.href });
+      send();
+    }
+  }, true);
+
+  M.track = (name, props) => add({ type: "custom", name: "" + name, props: props || {} });
+  M._q.splice(0).forEach(a => M.track(...a));
+  // withdrawing stops everything at once: the queue is dropped and nothing more is added
+  M.on("change", () => ok() || (Q.length = 0));
+})(window, document, window.consentmw, navigator, location, Math.round);
