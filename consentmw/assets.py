@@ -161,3 +161,28 @@ def register(api: "ConsentAPI") -> dict[str, Asset]:
     api.add("GET", "/banner.css", handler("banner.css", True))
     api.add("GET", "/beacon.js", handler("beacon.js", True))
     return assets
+
+
+def english_texts(policy: Policy) -> list[str]:
+    """Every English string the banner can show: its texts, purposes and data categories."""
+    public = policy.public(("en",))
+    out: list[str] = list(public["texts"].get("en", {}).values())
+    for purpose in public["purposes"]:
+        out.extend(purpose["texts"].get("en", {}).values())
+    out.extend(labels["en"] for labels in public["categories"].values() if "en" in labels)
+    return out
+
+
+def sizes(policy: Policy | None = None) -> dict[str, int]:
+    """Bytes on the wire, gzip -9, of what a visitor downloads: the three assets as served,
+    the English texts (the strings, one per line) and, for reference, the whole
+    `/state?lang=en` policy JSON the banner fetches to draw its layers."""
+    policy = policy or Policy.default()
+    assets = build_assets(policy)
+    out = {name: len(asset.gz) for name, asset in assets.items()}
+    out["texts (en)"] = len(gzip.compress("\n".join(english_texts(policy)).encode("utf-8"), 9, mtime=0))
+    out["total"] = sum(out.values())
+    state = json.dumps(policy.public(("en",)), ensure_ascii=False).encode("utf-8")
+    out["state JSON (en), for reference"] = len(gzip.compress(state, 9, mtime=0))
+    return out
+

@@ -8,7 +8,8 @@
     REQ = ids(1), OFF = ids(2), COL = ids(3), OPT = C.u.map(u => u[0]).filter(p => !REQ.includes(p)),
     L = [D.documentElement.lang, ...N.languages].map(l => (l || "").slice(0, 2).toLowerCase())
       .find(l => C.l.includes(l)) || "en",
-    // element builder: strings become text nodes (never HTML), functions become on* handlers
+    // element builder: strings become text nodes (never HTML), functions become on* handlers.
+    // (Buttons get no type: outside any form they submit nothing.)
     h = (tag, a, ...kids) => {
       const e = D.createElement(tag);
       for (const k in a) a[k].call ? e[k] = a[k] : e.setAttribute(k, a[k]);
@@ -18,27 +19,28 @@
     // a text of the policy in the visitor's language, English where the site gave none
     tx = (o, k) => (o[L] || {})[k] || (o.en || {})[k] || "",
     t = k => tx(S.texts, k),
-    btn = (k, f, c = "cmw-btn") => h("button", { type: "button", class: c, onclick: f }, t(k)),
+    btn = (k, f, c = "cmw-btn") => h("button", { class: c, onclick: f }, t(k)),
     allows = p => REQ.includes(p) || !!G && G.has(p),
-    collecting = () => COL.some(allows),
+    col = () => COL.some(allows),
     get = () => rec && { id: rec.id, granted: C.u.map(u => u[0]).filter(allows), version: C.v, gpc: rec.gpc || GPC };
   // rec: the recorded choice; G: the purposes it grants here; S: the policy, fetched only to draw the UI
-  let rec, G, S, cssP, txtP, root, bn, dlg, fb, back, beacon;
+  let rec, G, S, cp, tp, root, bn, dlg, fb, back, beacon;
 
   // the cookie payload "1~id~version~granted~given_at~gpc~visitor" is readable: a returning
   // visitor costs no request; a choice made under another policy version asks again
-  const cookie = () => {
+  // (names are short on purpose: the whole banner, beacon and texts fit in 6 KB gzipped)
+  const read = () => {
     const f = ((D.cookie.match(/(^|;\s*)consentmw="?([^";]+)/) || [])[2] || "").replace(/\.[^.]*\.[^.]*$/, "").split("~");
     return f[0] == "1" && f[2] == C.v ? { id: f[1], granted: f[3].split(":"), gpc: f[5] == "1" } : null;
   };
   // a choice made without GPC loses the GPC opt-out purposes while the browser sends the signal
-  const grant = r => {
+  const use = r => {
     rec = r;
     G = r && new Set([...REQ, ...r.granted.filter(p => OPT.includes(p) && (r.gpc || !GPC || !OFF.includes(p)))]);
   };
 
   // Google Consent Mode v2, only when the site uses gtag / dataLayer
-  const consentMode = kind => {
+  const mode = kind => {
     const a = p => allows(p) ? "granted" : "denied", m = a("marketing"), n = a("necessary");
     (W.gtag || W.dataLayer) && (W.gtag || function () { W.dataLayer.push(arguments); })("consent", kind, {
       ad_storage: m, ad_user_data: m, ad_personalization: m, analytics_storage: a("statistics"),
@@ -58,19 +60,19 @@
       n.text = s.text;
       s.replaceWith(n);
     });
-    beacon = beacon || collecting() && D.head.appendChild(h("script", { src: P + "/beacon.js?v=" + C.hb }));
+    beacon = beacon || col() && D.head.appendChild(h("script", { src: P + "/beacon.js?v=" + C.hb }));
     if (changed) {
-      consentMode("update");
+      mode("update");
       F.forEach(f => f(get()));
       D.dispatchEvent(new CustomEvent("consentmw:change", { bubbles: true, detail: get() }));
     }
   };
 
   // the stylesheet and the texts are fetched only when something is to be drawn
-  const css = () => cssP = cssP || new Promise(ok => D.head.append(
+  const css = () => cp = cp || new Promise(ok => D.head.append(
     h("link", { rel: "stylesheet", href: P + "/banner.css?v=" + C.hc, onload: ok, onerror: ok }),
   )).then(() => D.body.append(root = h("aside", { class: "cmw", "aria-label": C.r[L] })));
-  const ready = () => Promise.all([css(), txtP = txtP || fetch(P + "/state?lang=" + L)
+  const rd = () => Promise.all([css(), tp = tp || fetch(P + "/state?lang=" + L)
     .then(r => r.json()).then(s => { S = s.policy; })]);
 
   const send = (method, body) => fetch(P + "/choice?lang=" + L, {
@@ -78,49 +80,49 @@
     body: body && JSON.stringify({ ...body, lang: L, page: location.pathname }),
   }).then(r => r.json()).then(s => {
     if (!s.consent) throw s;
-    grant(s.consent);
+    use(s.consent);
     close();
     apply(1);
   });
   // under GPC, "Accept all" grants only what the signal does not refuse
-  const choose = all => send("POST", all && GPC ? { granted: OPT.filter(p => !OFF.includes(p)) } : { all });
-  const refuse = () => choose(false);
+  const pick = all => send("POST", all && GPC ? { granted: OPT.filter(p => !OFF.includes(p)) } : { all });
+  const no = () => pick(false);
 
   // focus goes back where it came from, or to the floating button: never lost
   const close = () => {
     bn && bn.remove();
     dlg && dlg.remove();
     bn = dlg = 0;
-    floating();
+    fab();
     (back && back.isConnected && back != D.body ? back : fb || D.body).focus();
     back = 0;
   };
 
-  const x = f => h("button", { type: "button", class: "cmw-x", "aria-label": t("close"), onclick: f }, "×");
+  const x = f => h("button", { class: "cmw-x", "aria-label": t("close"), onclick: f }, "×");
   const note = () => GPC && h("p", { class: "cmw-n" }, t("gpc_note"));
-  const actions = (...more) => h("div", { class: "cmw-a" }, btn("accept_all", () => choose(true)), btn("reject_all", refuse), ...more);
+  const acts = (...more) => h("div", { class: "cmw-a" }, btn("accept_all", () => pick(true)), btn("reject_all", no), ...more);
 
   // first layer: closing it (× or Esc) refuses every optional purpose
-  const first = () => ready().then(() => {
+  const first = () => rd().then(() => {
     if (rec || bn || dlg) return;
     back = D.activeElement;
     root.append(bn = h("div", {
       class: "cmw-b", role: "dialog", "aria-labelledby": "cmw-t", "aria-describedby": "cmw-d", tabindex: -1,
       // a block body: an on* handler returning false would cancel the key (and Tab)
-      onkeydown: e => { e.key == "Escape" && refuse(); },
-    }, x(refuse), h("h2", { id: "cmw-t" }, t("title")), h("p", { id: "cmw-d" }, t("body")), note(),
-      actions(btn("settings", show))));
+      onkeydown: e => { e.key == "Escape" && no(); },
+    }, x(no), h("h2", { id: "cmw-t" }, t("title")), h("p", { id: "cmw-d" }, t("body")), note(),
+      acts(btn("settings", show))));
     bn.focus();
   });
 
   // settings layer: a modal dialog, one switch per purpose, nothing optional pre-ticked
-  const show = () => ready().then(() => {
+  const show = () => rd().then(() => {
     if (dlg) return;
     back = back || D.activeElement;
     bn && bn.remove();
     bn = 0;
-    const shut = () => rec ? close() : refuse(), status = h("p", { role: "status" }), cats = S.categories;
-    const purposes = S.purposes.map(p => {
+    const shut = () => rec ? close() : no(), status = h("p", { role: "status" }), cats = S.categories;
+    const rows = S.purposes.map(p => {
       const id = "cmw-" + p.id, box = h("input", { type: "checkbox", id, "aria-describedby": id + "d" }),
         m = s => h("span", { class: "cmw-m" }, " " + s + ".");
       box.checked = allows(p.id);
@@ -142,35 +144,35 @@
           (e.shiftKey ? z : a).focus();
         }
       },
-    }, x(shut), h("h2", { id: "cmw-s" }, t("title")), note(), ...purposes,
+    }, x(shut), h("h2", { id: "cmw-s" }, t("title")), note(), ...rows,
       h("p", { class: "cmw-m" }, t("version").replace("{version}", S.version).replace("{updated}", S.updated)),
       h("p", { class: "cmw-l" }, S.privacy_url && h("a", { href: S.privacy_url }, t("privacy_policy")),
         rec && h("a", { href: P + "/me", download: "my-data.json" }, t("download")),
         rec && btn("delete", () => fetch(P + "/me", { method: "DELETE" })
           .then(r => { status.textContent = r.ok ? t("deleted") : r.status; }), "cmw-k")),
       status,
-      actions(btn("save", () => send("POST", { granted: S.purposes.filter(p => D.getElementById("cmw-" + p.id).checked).map(p => p.id) })),
+      acts(btn("save", () => send("POST", { granted: S.purposes.filter(p => D.getElementById("cmw-" + p.id).checked).map(p => p.id) })),
         rec && btn("withdraw", () => send("DELETE")))));
     dlg.showModal();
   });
 
   // the persistent "Privacy settings" button; sites that turn it off use [data-consent-open]
-  const floating = () => C.f && !fb && (root ? root.append(fb = h("button", { type: "button", class: "cmw-f", onclick: show }, C.r[L])) : css().then(floating));
+  const fab = () => C.f && !fb && (root ? root.append(fb = h("button", { class: "cmw-f", onclick: show }, C.r[L])) : css().then(fab));
 
   W.consentmw = {
     get, allows, show, on: (e, f) => e == "change" && F.push(f),
     // before the beacon has loaded, events wait in memory, and only with consent
-    track: (...a) => collecting() && Q.push(a),
-    _p: P, _q: Q, _c: collecting,
+    track: (...a) => col() && Q.push(a),
+    _p: P, _q: Q, _c: col,
   };
 
   const init = () => {
     // Consent Mode's default (everything optional denied) goes first, before any choice is applied
-    consentMode("default");
-    grant(cookie());
-    rec && consentMode("update");
+    mode("default");
+    use(read());
+    rec && mode("update");
     apply();
-    rec ? floating() : first();
+    rec ? fab() : first();
     D.addEventListener("click", e => {
       const o = e.target.closest("[data-consent-open]");
       if (o) {
