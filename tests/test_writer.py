@@ -222,24 +222,25 @@ def test_stats_counters_are_thread_safe(store: Store, tmp_path: Any) -> None:
 
 
 def test_sink_error_on_replay_keeps_records(store: Store, tmp_path: Any) -> None:
-    col = store.collector(spool_dir=str(tmp_path / "spool"))
+    from consentmw.store.sink import ClickHouseSink
+
+    class SecondFails(ClickHouseSink):
+        calls = 0
+
+        def insert(self, table: str, d: Any, token: str) -> None:
+            SecondFails.calls += 1
+            if SecondFails.calls == 2:
+                raise SinkError("injected")
+            super().insert(table, d, token)
+
+    col = collector(sink=wrap(store, SecondFails), clickhouse_dsn=store.dsn, database=store.database,
+                    spool_dir=str(tmp_path / "spool"))
     data = stats_rows(store, "keep.test", 5)
     for i in range(3):
         col.spool.write(Record("rows", "events_statistics", f"k-{i}", encode_ipc(data)))
-    real = col.sink.insert
-    calls = {"n": 0}
-
-    def second_fails(table: str, d: Any, token: str) -> None:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise SinkError("injected")
-        real(table, d, token)
-
-    col.sink.insert = second_fails  # type: ignore[method-assign]
     col.writer._healthy()
     assert col.writer.replay() == 5 and not col.stats.sink_healthy
     col.writer._healthy()
     assert col.writer.replay() == 10
     # Three records under three tokens (the same rows on purpose): each stored once.
     assert store.count("keep.test") == (15, 5)
-    col.sink.insert = real  # type: ignore[method-assign]

@@ -117,6 +117,9 @@ class Writer:
         self._inflight_lock = threading.Lock()
         self._attempts: dict[str, int] = {}
         self._ever_healthy = False
+        # Flush early when the queue is half full, so a burst the store keeps up with
+        # is inserted rather than spilled.
+        self._early = max(1, min(batch_size, queue_size // 2))
 
     # -- producer side (event loop) --------------------------------------------
     def put(self, item: Any) -> bool:
@@ -124,7 +127,7 @@ class Writer:
         queue = self.queue
         if len(queue) < self.queue_size:
             queue.append(item)
-            if len(queue) >= self.batch_size:
+            if len(queue) >= self._early:
                 self._wake.set()
             return True
         if len(self.overflow) < self.overflow_size:
@@ -163,8 +166,8 @@ class Writer:
         self._stop.set()
         for event in (self._wake, self._spill_wake, self._replay_wake):
             event.set()
-        writer, spiller = self._threads[:2] if self._threads else (None, None)
-        for t in (writer, spiller):
+        writer, spiller, replayer = self._threads if self._threads else (None, None, None)
+        for t in (writer, spiller, replayer):
             if t is not None:
                 t.join(max(0.0, deadline - time.monotonic()))
         # Past the deadline (or the threads are done): whatever is still queued goes to the
@@ -190,7 +193,7 @@ class Writer:
             self._wake.wait(min(0.05, self.flush_interval))
             self._wake.clear()
             now = time.monotonic()
-            if len(self.queue) >= self.batch_size or (self.queue and now - last >= self.flush_interval):
+            if len(self.queue) >= self._early or (self.queue and now - last >= self.flush_interval):
                 self.flush()
                 last = time.monotonic()
         # Final drain within the stop deadline; stop() spools whatever is left after it.
@@ -205,6 +208,12 @@ class Writer:
                 self._spill_wake.wait(0.05)
                 self._spill_wake.clear()
                 continue
+            # Gather a while (bounded by the overflow's size) so the spool gets fewer,
+            # larger records: each record is one insert when it is replayed.
+            deadline = time.monotonic() + 0.2
+            while (len(self.overflow) < min(self.batch_size, self.overflow_size // 2)
+                   and not stop.is_set() and time.monotonic() < deadline):
+                time.sleep(0.01)
             self._write(self._take(self.overflow), to_sink=False)
 
     def _replay_loop(self, stop: threading.Event) -> None:
@@ -214,7 +223,7 @@ class Writer:
                     if not self.healthy:
                         self.probe()
                     if self.healthy and self.spool.pending():
-                        self.replay()
+                        self.replay(stop)
                 except Exception:  # noqa: BLE001 - the replayer must outlive any bug
                     log.exception("consentmw: replay failed unexpectedly")
                     self._failed(RuntimeError("replay error"), quiet=True)
@@ -331,8 +340,9 @@ class Writer:
         self._healthy()
         return True
 
-    def replay(self) -> int:
-        """Move spooled batches into the store, oldest first; stop at the first failure.
+    def replay(self, stop: threading.Event | None = None) -> int:
+        """Move spooled batches into the store, oldest first; stop at the first failure
+        (or when `stop` is set: shutdown leaves the rest to the next process).
 
         Returns the number of rows stored. Safe to call from any thread and any process:
         segments are locked while being replayed.
@@ -340,7 +350,7 @@ class Writer:
         moved = 0
         with self._replay_lock, closing(self.spool.replay()) as records:
             for _seg, record, ack in records:
-                if self._stop.is_set() and time.monotonic() > self._deadline:
+                if stop is not None and stop.is_set():
                     break
                 try:
                     data = decode_ipc(record.body)
