@@ -6,8 +6,11 @@ Every command fails with a one-line message and a non-zero exit on bad input.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
-from typing import Callable, Sequence
+import time
+from typing import IO, Any, Callable, Sequence
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -38,8 +41,197 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+class Progress:
+    """A one-line progress bar on stderr (only when stderr is a terminal, or forced)."""
+
+    def __init__(self, label: str, total: int | None = None, unit: str = "rows", *,
+                 stream: IO[str] | None = None, enabled: bool | None = None) -> None:
+        self.label, self.total, self.unit, self.done = label, total, unit, 0
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self._shown = 0.0
+        self._start = time.monotonic()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.enabled and (now - self._shown > 0.1 or (self.total and self.done >= self.total)):
+            self._shown = now
+            self._draw()
+
+    def _draw(self, end: str = "") -> None:
+        rate = self.done / max(time.monotonic() - self._start, 1e-9)
+        if self.total:
+            frac = min(self.done / self.total, 1.0)
+            bar = "#" * int(frac * 30)
+            line = f"\r{self.label} [{bar:<30}] {frac * 100:5.1f}% {self.done}/{self.total} {self.unit} ({rate:,.0f}/s)"
+        else:
+            line = f"\r{self.label} {self.done} {self.unit} ({rate:,.0f}/s)"
+        self.stream.write(line + end)
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._draw("\n")
+
+
+def _visitor_id(value: str) -> str:
+    from .rights import valid_id
+
+    if not valid_id(value):
+        raise CLIError(f"--visitor {value[:70]!r} is not a consent id or visitor id (4-64 characters: A-Z a-z 0-9 _ -)")
+    return value
+
+
+def _rights(args: argparse.Namespace, secret: str = "") -> Any:
+    from .ops import open_sink
+    from .rights import Rights
+
+    sink = open_sink(args)
+    sink.client()
+    return Rights(sink, sink.schema.policy, secret)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .ops import open_sink
+    from .report import build
+
+    if not 1 <= args.days <= 3660:
+        raise CLIError("--days must be between 1 and 3660")
+    sink = open_sink(args)
+    sink.client()
+    progress = Progress("report", total=10, unit="queries")
+
+    def query(sql: str) -> list[tuple[Any, ...]]:
+        rows = sink.query(sql).result_rows
+        progress.update()
+        return rows
+
+    page, charts = build(query, sink.database, days=args.days, site=args.site, title=args.title)
+    progress.close()
+    with open(args.out, "w", encoding="utf-8") as f:
+        f.write(page)
+    drawn = sum(1 for c in charts if c.marks)
+    print(f"wrote {args.out}: {len(charts)} charts ({drawn} with data) for the last {args.days} days")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    vid = _visitor_id(args.visitor)
+    rights = _rights(args)
+    subject = rights.resolve(vid)
+    if subject.empty:
+        print(f"consentmw: no data stored for {vid}", file=sys.stderr)
+        return 1
+    total = 0
+    for table, cols in rights.tables().items():
+        pred = rights._predicate(subject, cols)
+        if pred:
+            total += int(rights.sink.query(f"SELECT count() FROM {rights.db}.{table} WHERE {pred}").result_rows[0][0])
+    progress = Progress("export", total=total)
+    data = rights.export(subject, progress=progress.update)
+    progress.close()
+    text = json.dumps(data, ensure_ascii=False, indent=2, default=str)
+    if args.out in (None, "-"):
+        sys.stdout.write(text + "\n")
+    else:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+        rows = sum(len(v) for v in data["tables"].values()) + len(data["consent_history"])
+        print(f"wrote {args.out}: {rows} rows of {vid} ({', '.join(sorted(data['tables']))}, consent_log)",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    vid = _visitor_id(args.visitor)
+    secret = (os.environ.get("CONSENTMW_SECRET_KEY") or "").split(",")[0].strip()
+    if not secret:
+        raise CLIError("erase needs the site's secret key to salt the receipt: set CONSENTMW_SECRET_KEY")
+    rights = _rights(args, secret)
+    subject = rights.resolve(vid)
+    if subject.empty:
+        print(f"consentmw: no data stored for {vid}", file=sys.stderr)
+        return 1
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise CLIError("add --yes to erase without a confirmation prompt")
+        answer = input(f"erase every row of {vid} ({len(subject.consent_ids)} consent id(s), "
+                       f"{len(subject.visitor_ids)} visitor id(s))? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing erased", file=sys.stderr)
+            return 1
+    from .rights import RightsError
+
+    try:
+        receipt = rights.erase(subject, requested_by="operator:cli")
+    except RightsError as exc:
+        print(f"consentmw: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(receipt, ensure_ascii=False, indent=2, default=str))
+    else:
+        tables = ", ".join(f"{t}: {n}" for t, n in sorted(receipt["tables"].items()))
+        print(f"erased {vid}: {receipt['deleted']} rows deleted, {receipt['scrubbed_ledger_rows']} ledger rows "
+              f"scrubbed ({tables}); verified; receipt {receipt['receipt_id']} in erasure_log")
+        print(f"not erasable (no stable identifier): {', '.join(receipt['out_of_scope']) or 'none'}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .ops import open_sink
+    from .store.sink import SinkError
+    from .store.spool import Spool
+    from .store.writer import decode_ipc
+
+    directory = args.spool or os.environ.get("CONSENTMW_SPOOL_DIR") or "./consentmw-spool"
+    if not os.path.isdir(directory):
+        raise CLIError(f"no spool directory at {directory}")
+    spool = Spool(directory)
+    total = spool.bytes()
+    if not total:
+        print(f"spool {directory} is empty: nothing to replay")
+        return 0
+    sink = open_sink(args)
+    sink.client()
+    progress = Progress("replay", total=total, unit="bytes")
+    rows = records = 0
+    try:
+        for _seg, record, ack in spool.replay():
+            size = len(record.body) + len(record.table) + len(record.token) + 64
+            try:
+                data = decode_ipc(record.body)
+            except Exception:  # noqa: BLE001 - undecodable despite a valid checksum
+                spool.stats.corrupt += 1
+                ack()
+                progress.update(size)
+                continue
+            sink.insert(record.table, data, record.token)  # dedup token: a retried batch is stored once
+            ack()
+            rows += data.num_rows
+            records += 1
+            progress.update(size)
+    except SinkError as exc:
+        progress.close()
+        print(f"consentmw: replay stopped after {rows} rows: {exc}", file=sys.stderr)
+        return 1
+    progress.close()
+    left = spool.bytes()
+    note = f"; {left} bytes left (segments held by a running process)" if left else ""
+    corrupt = f"; {spool.stats.corrupt} corrupt record(s) moved to quarantine/" if spool.stats.corrupt else ""
+    print(f"replayed {rows} rows in {records} batches from {directory}{note}{corrupt}")
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (the full usage is one `--help` away)."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="consentmw", description="Consent manager and consent-gated analytics for ASGI apps.")
+    parser = _Parser(prog="consentmw", description="Consent manager and consent-gated analytics for ASGI apps.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("demo", help="run the demo site on the embedded chDB store")
     p.add_argument("--host", default="127.0.0.1")
@@ -48,10 +240,55 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("migrate", help="create or upgrade the ClickHouse schema")
     _add_store_args(p)
     p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("report", help="write a self-contained HTML report with charts",
+                       description="Page views, top pages, sources, consent rates and web vitals as one HTML "
+                                   "file with inline SVG charts (no scripts, no external resources).")
+    _add_store_args(p)
+    p.add_argument("--days", type=int, default=30, help="period ending today (default: 30)")
+    p.add_argument("--out", default="report.html", help="output file (default: report.html)")
+    p.add_argument("--site", default=None, help="only this host name (default: every site)")
+    p.add_argument("--title", default="Site report", help="report title")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("export", help="export every stored row of one visitor (access request)",
+                       description="Prints (or writes) the visitor's rows in every table, their consent history "
+                                   "and a per-purpose summary as JSON. Statistics rows carry no stable id and "
+                                   "cannot be attributed to a visitor.")
+    _add_store_args(p)
+    p.add_argument("--visitor", required=True, metavar="ID", help="a consent id or a visitor id")
+    p.add_argument("--out", default=None, help="output file (default: standard output)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("erase", help="erase one visitor everywhere, verify, write a receipt",
+                       description="Deletes the visitor's rows in every per-purpose and aggregate table, strips "
+                                   "IP, user agent and visitor id from their consent records, verifies nothing is "
+                                   "left and writes a receipt (no personal data) to erasure_log. Needs "
+                                   "CONSENTMW_SECRET_KEY to salt the receipt.")
+    _add_store_args(p)
+    p.add_argument("--visitor", required=True, metavar="ID", help="a consent id or a visitor id")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--json", action="store_true", help="print the receipt as JSON")
+    p.set_defaults(func=cmd_erase)
+
+    p = sub.add_parser("replay", help="move spooled batches into ClickHouse",
+                       description="Replays the durable spool (batches written while ClickHouse was unreachable) "
+                                   "in order; each batch keeps its dedup token, so a batch already stored is not "
+                                   "stored twice. Segments held by a running process are left to it.")
+    _add_store_args(p)
+    p.add_argument("--spool", default=None, help="spool directory (default: $CONSENTMW_SPOOL_DIR or ./consentmw-spool)")
+    p.set_defaults(func=cmd_replay)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import logging
+
+    # The driver logs its own copy of every connection error; we print one line instead.
+    driver_log = logging.getLogger("clickhouse_connect")
+    if not driver_log.handlers:
+        driver_log.addHandler(logging.NullHandler())
+        driver_log.propagate = False
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

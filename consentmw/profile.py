@@ -93,7 +93,7 @@ class ProfileService:
         self.blocklist = blocklist
         self.ttl = ttl
         self.max_entries = max_entries
-        self._cache: dict[str, tuple[float, Profile]] = {}
+        self._cache: dict[str, tuple[float, Profile]] = {}  # visitor id -> (loaded at, profile)
         self.loads = 0
         global _default
         _default = self
@@ -123,13 +123,14 @@ class ProfileService:
             return None
         now = time.monotonic()
         hit = self._cache.get(vid)
-        if hit is not None and hit[0] > now:
+        if hit is not None and now - hit[0] < self.ttl:
             return hit[1]
         profile = await asyncio.to_thread(self.load, vid)
         if len(self._cache) >= self.max_entries:
-            for key in [k for k, (exp, _) in self._cache.items() if exp <= now] or list(self._cache)[: self.max_entries // 2]:
+            expired = [k for k, (at, _) in self._cache.items() if now - at >= self.ttl]
+            for key in expired or list(self._cache)[: self.max_entries // 2]:
                 self._cache.pop(key, None)
-        self._cache[vid] = (time.monotonic() + self.ttl, profile)
+        self._cache[vid] = (time.monotonic(), profile)
         return profile
 
     def load(self, visitor_id: str) -> Profile:

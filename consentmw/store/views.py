@@ -235,7 +235,9 @@ def _profile(schema: "Schema", purpose: Purpose, not_in: str, blocked: str) -> l
     out = [
         f"CREATE TABLE IF NOT EXISTS {target}{schema.on_cluster} (\n  {body}\n)"
         f" ENGINE = {schema.engine(PROFILE_TABLE, 'AggregatingMergeTree')}\n"
-        f"ORDER BY visitor_id\nTTL {ttl}",
+        f"ORDER BY visitor_id\nTTL {ttl}\n"
+        # Point look-ups by visitor id: small granules read ~256 rows, not 8192.
+        f"SETTINGS index_granularity = 256",
         f"ALTER TABLE {target}{schema.on_cluster} MODIFY TTL {ttl}",
     ]
     if schema.cluster:

@@ -1,0 +1,159 @@
+"""The visitor profile on real chDB: exact values for a known sequence of visits, only with
+personalisation granted, brief caching, blocked visitors excluded, and its cost per call."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from consentmw.collect.hit import Hit
+from consentmw.consent import COOKIE_NAME
+from consentmw.profile import Profile, get_profile
+
+from tests.collect.test_enrichment import make_mmdb
+from tests.conftest import BROWSER_UA
+
+IP = "81.2.69.160"
+
+
+def app() -> Starlette:
+    async def for_you(request: Request) -> JSONResponse:
+        profile = await get_profile(request)
+        return JSONResponse(profile.to_json() if profile else None)
+
+    return Starlette(routes=[Route("/for-you", for_you)])
+
+
+def client(mw: Any, **headers: str) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=mw, client=(IP, 50123))
+    return httpx.AsyncClient(transport=transport, base_url="http://site.test",
+                             headers={"user-agent": BROWSER_UA, "accept-language": "en", **headers})
+
+
+async def grant(c: httpx.AsyncClient, body: dict[str, Any]) -> tuple[str, str | None]:
+    r = await c.post("/_consent/choice", json=body)
+    assert r.status_code == 200, r.text
+    parts = c.cookies[COOKIE_NAME].split(".")[0].split("~")
+    return parts[1], None if parts[6] == "-" else parts[6]
+
+
+def visit(mw: Any, ts: float, path: str, cid: str, vid: str, lang: str = "en-GB", referrer: str = "",
+          campaign: dict[str, str] | None = None) -> None:
+    mw.collector.submit(Hit(ts, "pageview", "site.test", path, cid, mw.policy.version,
+                            frozenset({"statistics", "personalisation"}), vid, IP, "", BROWSER_UA, lang,
+                            referrer, campaign, 200, 12))
+
+
+async def test_profile_values_are_exact_for_a_known_sequence(tmp_path: Path, make_app: Any) -> None:
+    mw = make_app(app(), geoip_db=str(make_mmdb(tmp_path / "geo.mmdb")))
+    day0 = (int(time.time()) // 86400 - 3) * 86400
+    async with client(mw) as c:
+        cid, vid = await grant(c, {"all": True})
+        assert vid
+        visit(mw, day0 + 10 * 3600, "/articles/a", cid, vid, referrer="https://www.google.com/search?q=x")
+        visit(mw, day0 + 10 * 3600 + 300, "/articles/b", cid, vid)
+        visit(mw, day0 + 86400 + 9 * 3600, "/articles/a", cid, vid)
+        visit(mw, day0 + 86400 + 9 * 3600 + 1800, "/news/x?utm_source=mail", cid, vid, lang="ru")
+        visit(mw, day0 + 3 * 86400 + 8 * 3600, "/about", cid, vid, lang="")
+        mw.collector.flush()
+        r = await c.get("/for-you")
+    assert r.status_code == 200
+    data = r.json()
+    utc = dt.timezone.utc
+    assert data == {
+        "visitor_id": vid, "site": "site.test",
+        "first_seen": dt.datetime.fromtimestamp(day0 + 10 * 3600, utc).isoformat().replace("+00:00", "Z"),
+        "last_seen": dt.datetime.fromtimestamp(day0 + 3 * 86400 + 8 * 3600, utc).isoformat().replace("+00:00", "Z"),
+        "visits": 3, "pageviews": 5,
+        "recent_pages": ["/about", "/news/x?utm_source=mail", "/articles/a", "/articles/b"],
+        "top_pages": [["/articles/a", 2], ["/about", 1], ["/articles/b", 1], ["/news/x?utm_source=mail", 1]],
+        "recent_sections": ["/about", "/news", "/articles"],
+        "top_sections": [["/articles", 3], ["/about", 1], ["/news", 1]],
+        "language": "ru", "country": "GB", "city": "London", "device": "desktop", "first_source": "Google",
+    }
+
+
+async def test_profile_is_none_unless_personalisation_is_granted(make_app: Any) -> None:
+    mw = make_app(app())
+    async with client(mw) as anonymous:
+        assert (await anonymous.get("/for-you")).json() is None
+    async with client(mw) as stats_only:
+        cid, vid = await grant(stats_only, {"granted": ["statistics"]})
+        assert vid is None
+        assert (await stats_only.get("/for-you")).json() is None
+    async with client(mw) as everything:
+        cid, vid = await grant(everything, {"all": True})
+        visit(mw, time.time(), "/articles/a", cid, vid)
+        mw.collector.flush()
+        assert (await everything.get("/for-you")).json()["pageviews"] == 1
+        # Global Privacy Control narrows an older choice: personalisation is off, so no profile.
+        assert (await everything.get("/for-you", headers={"sec-gpc": "1"})).json() is None
+        # Withdrawal: no visitor id any more.
+        assert (await everything.request("DELETE", "/_consent/choice")).status_code == 200
+        assert (await everything.get("/for-you")).json() is None
+
+
+async def test_profile_is_cached_briefly_and_hides_blocked_visitors(make_app: Any) -> None:
+    mw = make_app(app())
+    profiles = mw.api.profiles
+    async with client(mw) as c:
+        cid, vid = await grant(c, {"all": True})
+        state = mw.codec.decode(c.cookies[COOKIE_NAME])
+        fresh = await profiles.get(state)
+        assert fresh == Profile(vid) and fresh.visits == 0  # granted, nothing stored yet
+        visit(mw, time.time(), "/articles/a", cid, vid)
+        mw.collector.flush()
+        loads = profiles.loads
+        assert (await profiles.get(state)).pageviews == 0  # still the cached copy
+        assert profiles.loads == loads
+        profiles.ttl = 0.0
+        assert (await profiles.get(state)).pageviews == 1
+        assert profiles.loads == loads + 1
+        profiles.ttl = 5.0
+        assert (await c.post("/_consent/me/block")).status_code == 200
+        assert await profiles.get(state) is None
+        assert (await c.post("/_consent/me/unblock")).status_code == 200
+        assert (await profiles.get(state)).pageviews == 1
+
+
+async def test_profile_cost_per_call(make_app: Any, ch: Any, database: str) -> None:
+    """Cold (one aggregate look-up) and cached cost on chDB, with 20k visitors / 200k page views stored."""
+    mw = make_app(app())
+    profiles = mw.api.profiles
+    mw.collector.sink.client()
+    ch.command(
+        f"INSERT INTO {database}.events_personalisation (event_id, ts, site, event_type, consent_id, policy_version, "
+        "path, visitor_id, language, country, city, device) "
+        "SELECT generateUUIDv4(), now64(3) - number * 7, 'site.test', 'pageview', concat('c', toString(number % 20000)), "
+        "'v', concat('/s', toString(number % 7), '/p', toString(number % 97)), concat('v', toString(number % 20000)), "
+        "'en', 'GB', 'London', 'desktop' FROM numbers(200000)")
+    from consentmw.consent import ConsentState
+
+    def state(i: int) -> ConsentState:
+        return ConsentState(id=f"c{i}", granted=frozenset({"necessary", "personalisation"}),
+                            policy_version=mw.policy.version, visitor_id=f"v{i}")
+
+    await profiles.get(state(0))  # warm up the connection and the blocklist
+    cold = []
+    for i in range(1, 41):
+        t = time.perf_counter()
+        p = await profiles.get(state(i))
+        cold.append(time.perf_counter() - t)
+        assert p is not None and p.pageviews == 10
+    t = time.perf_counter()
+    for _ in range(2000):
+        await profiles.get(state(1))
+    cached = (time.perf_counter() - t) / 2000
+    cold.sort()
+    median, p95 = cold[len(cold) // 2], cold[int(len(cold) * 0.95)]
+    print(f"\nprofile() on chDB, 20k visitors / 200k rows: cold median {median * 1e3:.2f} ms, "
+          f"p95 {p95 * 1e3:.2f} ms; cached {cached * 1e6:.1f} µs per call")
+    assert cached < 1e-3 and median < 0.5
