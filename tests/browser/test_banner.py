@@ -359,16 +359,21 @@ def test_script_gating_without_reload(tab: Tab) -> None:
         document.addEventListener('consentmw:change', e => seen.push(['event', e.detail.granted.join()]));
         return seen; })()""")
     tab.button("Settings").click()
+    dialog = page.locator("dialog.cmw-s")
+    dialog.wait_for()
     page.locator("#cmw-statistics").check()
     tab.wait_choice(lambda: tab.button("Save choices").click())
+    dialog.wait_for(state="detached")
     # the inline script ran (with the page's CSP nonce), the marketing one did not
     page.wait_for_function("window.demoStatsInline === 1")
     assert page.evaluate("window.demoAdsLoaded") is None
     assert page.locator('script[type="text/plain"][data-consent="marketing"]').count() == 1
     # granting marketing later, still without a reload, runs the src script once
     page.locator(".cmw-f").click()
+    dialog.wait_for()
     page.locator("#cmw-marketing").check()
     tab.wait_choice(lambda: tab.button("Save choices").click())
+    dialog.wait_for(state="detached")
     page.wait_for_function("window.demoAdsLoaded === 1")
     assert "marketing consent granted" in page.locator("#ad-slot").inner_text()
     assert page.evaluate("window.demoStatsInline") == 1  # nothing ran twice
