@@ -28,7 +28,7 @@ def _add_store_args(p: argparse.ArgumentParser) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import main as demo_main
 
-    demo_main(host=args.host, port=args.port)
+    demo_main(host=args.host, port=args.port, data_dir=args.data_dir)
     return 0
 
 
@@ -236,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the demo site on the embedded chDB store")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--data-dir", default=None, help="chDB data directory (default: ./consentmw-data)")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("migrate", help="create or upgrade the ClickHouse schema")
     _add_store_args(p)
