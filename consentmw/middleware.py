@@ -25,6 +25,8 @@ from .settings import Settings
 
 _COOKIE = COOKIE_NAME.encode()
 _CAPTURE_METHODS = frozenset({"GET", "HEAD"})
+_COOKIE_CACHE_SIZE = 4096
+_MISSING: Any = object()
 
 
 class ConsentMiddleware:
@@ -49,6 +51,7 @@ class ConsentMiddleware:
         self._exclude = tuple(self.settings.exclude_paths)
         self._include = tuple(self.settings.include_paths)
         self._exclude_ext = tuple(e.lower() for e in self.settings.exclude_extensions)
+        self._cookie_cache: dict[bytes, str | None] = {}
 
     # ---------------------------------------------------------------- ASGI entry
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -82,7 +85,17 @@ class ConsentMiddleware:
                 gpc = value == b"1"
             elif key == b"x-forwarded-for" or key == b"forwarded":
                 forwarded = value
-        state: ConsentState = self.codec.decode(cookie_value(cookie, _COOKIE)) or self.codec.default_state
+        # Browsers repeat the same Cookie header request after request: remember the consent
+        # cookie found in it (bounded: 4096 headers of <= 1 KB), so it is not parsed every time.
+        cookies = self._cookie_cache
+        raw = cookies.get(cookie, _MISSING)
+        if raw is _MISSING:
+            raw = cookie_value(cookie, _COOKIE)
+            if len(cookie) <= 1024:
+                if len(cookies) >= _COOKIE_CACHE_SIZE:
+                    cookies.clear()
+                cookies[cookie] = raw
+        state: ConsentState = self.codec.decode(raw) or self.codec.default_state
         if gpc:
             state = self.codec.apply_gpc(state)
         scope_state = scope.get("state")
