@@ -5,6 +5,14 @@ writer thread from `store`, the minimiser and enrichment from `collect`, the Cli
 sink and the spool. Submitting is a non-blocking append; everything else runs on the
 writer's threads. It starts on ASGI lifespan startup (or on the first request when a
 server sends no lifespan events) and drains on shutdown (or at interpreter exit).
+
+Without lifespan events the drain at exit has two hooks: `atexit` (a normal exit), and,
+because a process ended by SIGTERM's default action runs no `atexit` handler (uvicorn
+re-raises the SIGTERM it caught once its own graceful shutdown is done), a SIGTERM handler
+installed when the first collector is built, only if SIGTERM still has its default
+disposition and only from the main thread. It drains every live collector, then restores
+the default and re-raises the signal, so the exit status is unchanged. A handler the
+application or server installed itself is never replaced.
 """
 
 from __future__ import annotations
@@ -13,7 +21,9 @@ import asyncio
 import atexit
 import hashlib
 import logging
+import signal
 import threading
+import weakref
 from typing import Any
 
 from .collect.enrich import Enricher
@@ -27,6 +37,32 @@ from .store.spool import Spool
 from .store.writer import Stats, Writer
 
 log = logging.getLogger("consentmw")
+
+_LIVE: "weakref.WeakSet[Collector]" = weakref.WeakSet()
+_hook_installed = False
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """Drain every live collector, then die of SIGTERM as the default action would."""
+    for collector in list(_LIVE):
+        try:
+            collector.stop(blocking=False)
+        except Exception:  # noqa: BLE001 - never stand between a process and its exit
+            log.exception("consentmw: drain on SIGTERM failed")
+    signal.signal(signum, signal.SIG_DFL)
+    signal.raise_signal(signum)
+
+
+def _install_sigterm_hook() -> None:
+    global _hook_installed
+    if _hook_installed or threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+            _hook_installed = True
+    except (ValueError, OSError, AttributeError):  # not the main interpreter, or no SIGTERM
+        pass
 
 
 class Collector:
@@ -45,6 +81,8 @@ class Collector:
         self._started = False
         self._start_lock = threading.Lock()
         self._atexit = False
+        _LIVE.add(self)
+        _install_sigterm_hook()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Collector":
@@ -76,9 +114,14 @@ class Collector:
                 atexit.register(self.stop)
                 self._atexit = True
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Drain the queue to the store, or to the spool after `shutdown_timeout` seconds."""
-        with self._start_lock:
+    def stop(self, timeout: float | None = None, blocking: bool = True) -> None:
+        """Drain the queue to the store, or to the spool after `shutdown_timeout` seconds.
+
+        `blocking=False` (the signal handler) gives up at once if a stop is already running.
+        """
+        if not self._start_lock.acquire(blocking):
+            return
+        try:
             if not self._started and not (self.writer.queue or self.writer.overflow):
                 return
             self._started = False
@@ -87,6 +130,8 @@ class Collector:
                 log.warning("consentmw: stopped with the store unavailable (%s); %d bytes wait in the spool "
                             "at %s for the next process", self.stats.last_error, self.spool.bytes(),
                             self.spool.dir)
+        finally:
+            self._start_lock.release()
 
     async def astart(self) -> None:
         self.start()
