@@ -59,7 +59,7 @@
   });
   observe("event", e => e.interactionId && (V.inp = Math.max(V.inp || 0, r(e.duration))), { durationThreshold: 16 });
   const hide = () => {
-    done || !ok() || Q.push({ type: "vitals", path: first, ...V });
+    done || !ok() || !Object.values(V).some(v => v != null) || Q.push({ type: "vitals", path: first, ...V });
     done = 1;
     send();
   };
@@ -75,8 +75,10 @@
     }
   }, true);
 
-  M.track = (name, props) => add({ type: "custom", name: "" + name, props: props || {} });
+  // the server refuses a whole batch with a bad event, so bad names are refused here, loudly
+  M.track = (name, props) => /^[\w .:\/-]{1,64}$/.test(name)
+    ? add({ type: "custom", name, props: props || {} }) : console.warn("consentmw.track: invalid name", name);
   M._q.splice(0).forEach(a => M.track(...a));
   // withdrawing stops everything at once: the queue is dropped and nothing more is added
   M.on("change", () => ok() || (Q.length = 0));
-})(window, document, window.consentmw, navigator, location, Math.round);
+})(window, document, window.consentmw, navigator, location, v => v > 0 && v < 6e5 ? Math.round(v) : undefined);
