@@ -490,7 +490,9 @@ def register(api: "ConsentAPI") -> None:
     from .http import HTTPProblem, check_same_origin
 
     collector = api.collector
-    sink = collector.sink  # type: ignore[attr-defined]
+    sink = getattr(collector, "sink", None)
+    if sink is None:  # a collector without a store (tests, custom pipelines): no rights endpoints
+        return
     enricher = getattr(collector, "enricher", None)
     proof = getattr(enricher, "consent_proof", None)
     rights = Rights(sink, api.policy, api.settings.secret_key[0], proof=proof)
