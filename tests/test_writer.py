@@ -244,3 +244,24 @@ def test_sink_error_on_replay_keeps_records(store: Store, tmp_path: Any) -> None
     assert col.writer.replay() == 10
     # Three records under three tokens (the same rows on purpose): each stored once.
     assert store.count("keep.test") == (15, 5)
+
+
+@pytest.mark.xfail(strict=True, reason="sink.py: with async_insert=1 ClickHouse ignores insert_deduplication_token "
+                   "unless async_insert_deduplicate=1; fix: drop async_insert (the writer already batches) or "
+                   "add async_insert_deduplicate=1")
+def test_server_inserts_keep_deduplication(store: Store) -> None:
+    """On a server DSN a retried batch must still be deduplicated by its token."""
+    from consentmw.store.sink import ClickHouseSink
+
+    class Capture:
+        settings: dict[str, Any] = {}
+
+        def insert_arrow(self, table: str, data: Any, settings: dict[str, Any]) -> None:
+            Capture.settings = settings
+
+    sink = ClickHouseSink("http://127.0.0.1:9/", store.sink.schema)
+    sink._client, sink._migrated = Capture(), True
+    sink.insert("events_statistics", stats_rows(store, "srv.test", 1), "tok")
+    sent = Capture.settings
+    assert sent["insert_deduplication_token"] == "tok"
+    assert not sent.get("async_insert") or sent.get("async_insert_deduplicate") == 1
