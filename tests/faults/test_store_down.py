@@ -31,13 +31,13 @@ def down_dsn(request: pytest.FixtureRequest) -> Any:
     else:
         server = ErrorServer(int(kind[4:]))
         port = server.port
-    yield kind, f"http://127.0.0.1:{port}"
+    yield kind, f"http://127.0.0.1:{port}", server
     if server is not None:
         server.close()
 
 
-def test_store_down_spools_then_replays(down_dsn: tuple[str, str], tmp_path: Any, store: Store) -> None:
-    kind, dsn = down_dsn
+def test_store_down_spools_then_replays(down_dsn: tuple[str, str, Any], tmp_path: Any, store: Store) -> None:
+    kind, dsn, server = down_dsn
     site = f"{kind}.down.test"
     spool_dir = str(tmp_path / "spool")
     started = time.monotonic()
@@ -75,7 +75,9 @@ def test_store_down_spools_then_replays(down_dsn: tuple[str, str], tmp_path: Any
     assert stats.spooled == acked, stats.as_dict()
     assert col.spool.pending() and not stats.sink_healthy and stats.insert_failures >= 1
     if kind.startswith("http"):
-        assert down_dsn  # the fake server really was asked
+        assert server.requests, "the fake server was really asked"
+    elif kind == "silent":
+        assert server.conns, "the silent server really accepted connections"
 
     # A healthy store later (chDB, through the same API): the spool replays, once.
     healthy = store.collector(spool_dir=spool_dir)
