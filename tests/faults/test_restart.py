@@ -35,7 +35,7 @@ def test_a_new_process_replays_the_spool(tmp_path: Any) -> None:
     dsn = f"http://127.0.0.1:{closed_port()}"
     mw = ConsentMiddleware(site_app(), secret_key=SECRET, clickhouse_dsn=dsn, spool_dir=str(spool_dir),
                            flush_interval=0.05)
-    mw.collector.writer.sink._connect_timeout = 0.5
+    mw.collector.writer.sink._connect_timeout = 1  # whole seconds (clickhouse-connect truncates)
     cookie, _ = mw.codec.issue({"statistics"})
 
     async def traffic() -> int:
@@ -50,6 +50,7 @@ def test_a_new_process_replays_the_spool(tmp_path: Any) -> None:
     acked = asyncio.run(traffic())
     mw.collector.stop()  # what atexit does for a server that sends no lifespan events
     assert mw.collector.stats.spooled == acked == 400
+    assert "failed to establish a new connec" in mw.collector.stats.last_error.lower()
     segs = sorted(spool_dir.glob("seg-*.spool"))
     assert segs
     result = run_script(REPLAY_SCRIPT, CONSENTMW_SECRET_KEY=SECRET,

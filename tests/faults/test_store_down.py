@@ -16,7 +16,8 @@ from tests.conftest import SECRET, site_app
 from .helpers import (ErrorServer, FlakySink, SilentServer, Store, asgi_call, beacon_headers, closed_port,
                       collector, events_body)
 
-FAST = {"connect_timeout": 0.5, "send_receive_timeout": 1.0}
+# Whole seconds: clickhouse-connect truncates timeouts to int (0.5 s would become an invalid 0).
+FAST = {"connect_timeout": 1, "send_receive_timeout": 1}
 
 
 @pytest.fixture(params=["refused", "silent", "http500", "http503"])
@@ -78,6 +79,8 @@ def test_store_down_spools_then_replays(down_dsn: tuple[str, str, Any], tmp_path
         assert server.requests, "the fake server was really asked"
     elif kind == "silent":
         assert server.conns, "the silent server really accepted connections"
+    expected = {"refused": "failed to establish a new connec", "silent": "timed out", "http500": "500", "http503": "503"}[kind]
+    assert expected in stats.last_error.lower(), stats.last_error
 
     # A healthy store later (chDB, through the same API): the spool replays, once.
     healthy = store.collector(spool_dir=spool_dir)
