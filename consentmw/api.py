@@ -46,6 +46,7 @@ class ConsentAPI:
         self.collector = collector
         self.prefix = settings.prefix
         self.routes: dict[tuple[str, str], Handler] = {}
+        self.prefix_routes: list[tuple[str, str, Handler]] = []
         self._state_cache: dict[str, bytes] = {}
         self.add("GET", "/state", self.get_state)
         self.add("POST", "/choice", self.post_choice)
@@ -56,9 +57,19 @@ class ConsentAPI:
         if method == "GET":
             self.routes[("HEAD", self.prefix + path)] = handler
 
+    def add_prefix(self, method: str, path_prefix: str, handler: Handler) -> None:
+        """Route `prefix + path_prefix + {one path segment}` (e.g. /admin/visitors/{id})."""
+        self.prefix_routes.append((method, self.prefix + path_prefix, handler))
+
+    def _match_prefix(self, method: str, path: str) -> Handler | None:
+        for m, p, h in self.prefix_routes:
+            if m == method and path.startswith(p) and path[len(p):] and "/" not in path[len(p):]:
+                return h
+        return None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
-        handler = self.routes.get((scope["method"], path))
+        handler = self.routes.get((scope["method"], path)) or self._match_prefix(scope["method"], path)
         if handler is None:
             allowed = sorted(m for m, p in self.routes if p == path)
             if allowed:
@@ -74,15 +85,19 @@ class ConsentAPI:
         await response(scope, receive, send)
 
     # -- helpers shared by handlers ------------------------------------------
-    def current(self, request: Request) -> ConsentState | None:
-        """The visitor's valid recorded consent (before GPC narrowing), or None."""
+    def current(self, request: Request, *, any_version: bool = False) -> ConsentState | None:
+        """The visitor's valid recorded consent (before GPC narrowing), or None.
+
+        With `any_version`, a cookie from an older policy version still identifies the
+        visitor (for their rights, and to keep their ids when they choose again).
+        """
         raw = None
         for key, value in request.scope["headers"]:
             if key == b"cookie":
                 raw = cookie_value(value, COOKIE_NAME.encode())
                 if raw:
                     break
-        return self.codec.decode(raw)
+        return self.codec.identify(raw) if any_version else self.codec.decode(raw)
 
     def effective(self, request: Request) -> ConsentState:
         state = self.current(request) or self.codec.default_state
@@ -189,7 +204,7 @@ class ConsentAPI:
 
     def _decide(self, request: Request, granted: set[str], gpc: bool, action: str,
                 lang: str, page: str) -> Response:
-        previous = self.current(request)
+        previous = self.current(request, any_version=True)
         keep_vid = self.codec.needs_visitor_id(granted)
         visitor_id = None
         if keep_vid:

@@ -145,7 +145,18 @@ class ConsentCodec:
             self._cache[value] = state
         return state
 
-    def _verify(self, value: str, now: float | None) -> ConsentState | None:
+    def identify(self, value: str | None) -> ConsentState | None:
+        """Verify a cookie of any policy version: who this browser is, not what it allows.
+
+        The visitor's rights (see, export, erase) outlive a policy change: a cookie signed
+        by us under an older policy still proves which consent id and visitor id are theirs.
+        Its `granted` holds only purposes the current policy still knows.
+        """
+        if not value:
+            return None
+        return self.decode(value) or self._verify(value, None, any_version=True)
+
+    def _verify(self, value: str, now: float | None, any_version: bool = False) -> ConsentState | None:
         if len(value) > 512:
             return None
         try:
@@ -158,10 +169,12 @@ class ConsentCodec:
             parts = raw.decode("ascii").split(_SEP)
         except (BadData, UnicodeError, ValueError):
             return None
-        if len(parts) != 7 or parts[0] != FORMAT or parts[2] != self.policy.version:
+        if len(parts) != 7 or parts[0] != FORMAT or (parts[2] != self.policy.version and not any_version):
             return None
         _, cid, _, granted_raw, given_raw, gpc_raw, vid = parts
         granted = frozenset(g for g in granted_raw.split(":") if g)
+        if any_version:
+            granted &= self.policy.ids
         if not granted <= self.policy.ids or not cid:
             return None
         try:
@@ -174,7 +187,7 @@ class ConsentCodec:
         granted |= self.policy.required_ids
         gpc = gpc_raw == "1"
         return ConsentState(
-            id=cid, granted=granted, policy_version=self.policy.version, given_at=given_at,
+            id=cid, granted=granted, policy_version=parts[2], given_at=given_at,
             expires_at=expires, source=SOURCE_GPC if gpc else SOURCE_BANNER,
             visitor_id=None if vid == "-" else vid, gpc=gpc,
             collecting=granted & self._collecting_ids, prompt=False,

@@ -21,6 +21,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from .middleware import ConsentMiddleware
+from .profile import get_profile
 
 # A fixed secret is fine for a demo that runs on localhost only. A real site must use its
 # own long random secret (CONSENTMW_SECRET_KEY), or anyone could forge consent cookies.
@@ -98,16 +99,25 @@ STATIC: dict[str, tuple[str, str]] = {
 }
 
 
-def recommended_block(request: Request) -> str:
-    """HOOK (personalisation): HTML for `<div id="recommended">`, or "" to show nothing.
+async def recommended_block(request: Request) -> str:
+    """"Recommended for you", built from the visitor profile; "" without personalisation consent.
 
-    To be filled from `await request.state.consent.profile()` once the visitor profile
-    exists; must return escaped HTML and nothing without personalisation consent.
+    The profile comes from the aggregate the materialized view keeps per visitor id, so it
+    exists only for visitors who granted personalisation (and is None while they are blocked).
     """
-    return ""
+    profile = await get_profile(request)
+    if profile is None or not profile.pageviews:
+        return ""
+    read = set(profile.recent_pages)
+    unread = [(slug, title) for slug, (title, _) in ARTICLES.items() if f"/articles/{slug}" not in read]
+    items = "".join(f'<li><a href="/articles/{slug}">{escape(title)}</a></li>' for slug, title in unread[:3])
+    seen = f"{profile.pageviews} page view{'s' if profile.pageviews != 1 else ''}"
+    body = f"<ul>{items}</ul>" if items else "<p>You have read every article. Thank you!</p>"
+    return (f'<h2>Recommended for you</h2><p class="muted">Based on your {seen} here '
+            f"(personalisation is on; switch it off in Privacy settings).</p>{body}")
 
 
-def page(request: Request, title: str, body: str, status: int = 200) -> HTMLResponse:
+async def page(request: Request, title: str, body: str, status: int = 200) -> HTMLResponse:
     nonce = secrets.token_urlsafe(16)
     lang = request.query_params.get("lang", "en")
     lang = lang if lang in ("en", "ru", "kk") else "en"
@@ -129,7 +139,7 @@ def page(request: Request, title: str, body: str, status: int = 200) -> HTMLResp
 <main>
 <h1>{escape(title)}</h1>
 {body}
-<div id="recommended">{recommended_block(request)}</div>
+<div id="recommended">{await recommended_block(request)}</div>
 <div id="ad-slot"></div>
 </main>
 <footer><p>Server-side view of your consent: <span id="server-granted">{escape(granted)}</span>.
@@ -148,7 +158,7 @@ def page(request: Request, title: str, body: str, status: int = 200) -> HTMLResp
 async def home(request: Request) -> Response:
     items = "".join(f'<li><a href="/articles/{slug}">{escape(title)}</a></li>'
                     for slug, (title, _) in ARTICLES.items())
-    return page(request, "A small site with an honest banner", f"""
+    return await page(request, "A small site with an honest banner", f"""
 <p>This demo records page views only after you allow statistics, and only the fields
 the statistics purpose lists. Try the banner, then the "Privacy settings" button.</p>
 <h2>Articles</h2><ul>{items}</ul>
@@ -159,28 +169,28 @@ the statistics purpose lists. Try the banner, then the "Privacy settings" button
 async def article(request: Request) -> Response:
     slug = request.path_params["slug"]
     if slug not in ARTICLES:
-        return page(request, "Not found", "<p>No such article.</p>", 404)
+        return await page(request, "Not found", "<p>No such article.</p>", 404)
     title, text = ARTICLES[slug]
     others = "".join(f'<li><a href="/articles/{s}">{escape(t)}</a></li>' for s, (t, _) in ARTICLES.items() if s != slug)
-    return page(request, title, f"<p>{escape(text)}</p><h2>More articles</h2><ul>{others}</ul>")
+    return await page(request, title, f"<p>{escape(text)}</p><h2>More articles</h2><ul>{others}</ul>")
 
 
 async def spa(request: Request) -> Response:
     key = request.path_params.get("section", "")
     if key not in SPA_SECTIONS:
-        return page(request, "Not found", "<p>No such section.</p>", 404)
+        return await page(request, "Not found", "<p>No such section.</p>", 404)
     heading, text = SPA_SECTIONS[key]
     links = "".join(f'<a data-spa href="/spa{"/" + k if k else ""}">{escape(v[0])}</a> '
                     for k, v in SPA_SECTIONS.items())
     data = json.dumps(SPA_SECTIONS).replace("<", "\\u003c")  # raw text inside <script>: no entities
-    return page(request, "Single-page app", f"""
+    return await page(request, "Single-page app", f"""
 <nav aria-label="Sections">{links}</nav>
 <section id="spa-content" aria-live="polite"><h2>{escape(heading)}</h2><p>{escape(text)}</p></section>
 <script type="application/json" id="spa-data">{data}</script>""")
 
 
 async def privacy(request: Request) -> Response:
-    return page(request, "Privacy policy", """
+    return await page(request, "Privacy policy", """
 <p>Strictly necessary: the consent cookie <code>consentmw</code> remembers your choice.
 Statistics, personalisation and marketing are optional and off until you switch them on.
 The settings list, per purpose, the data collected and how long it is kept.</p>

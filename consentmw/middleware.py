@@ -44,6 +44,8 @@ class ConsentMiddleware:
         self.api = ConsentAPI(self.settings, self.codec, self.collector)
         from .routes import register_all  # the beacon, rights and operator endpoints
         register_all(self.api)
+        profiles = getattr(self.api, "profiles", None)
+        self._bind_profile = profiles.bind if profiles is not None else None
         prefix = self.settings.prefix
         self._prefix_slash = prefix + "/"
         self._prefix = prefix
@@ -100,9 +102,12 @@ class ConsentMiddleware:
             state = self.codec.apply_gpc(state)
         scope_state = scope.get("state")
         if scope_state is None:
-            scope["state"] = {"consent": state}
+            scope_state = scope["state"] = {"consent": state}
         else:
             scope_state["consent"] = state
+        if state.visitor_id is not None and self._bind_profile is not None:
+            # `await request.state.consent_profile()`: only visitors with a stable id have one.
+            scope_state["consent_profile"] = self._bind_profile(state)
 
         if (not state.collecting or not self._collect or kind != "http"
                 or scope["method"] not in _CAPTURE_METHODS or not self._wants(path)):

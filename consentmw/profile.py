@@ -95,8 +95,6 @@ class ProfileService:
         self.max_entries = max_entries
         self._cache: dict[str, tuple[float, Profile]] = {}  # visitor id -> (loaded at, profile)
         self.loads = 0
-        global _default
-        _default = self
 
     def bind(self, state: "ConsentState") -> Callable[[], Awaitable[Profile | None]]:
         """A no-argument coroutine function for one request (what the middleware puts in scope)."""
@@ -159,19 +157,14 @@ class ProfileService:
         )
 
 
-_default: ProfileService | None = None
-
-
 async def get_profile(request: "Request") -> Profile | None:
     """The current visitor's profile, or None (not granted, no visitor id, blocked).
 
-    Uses the per-request `consent_profile` callable the middleware provides; without it,
-    the most recently created ProfileService (one app per process, the common case).
+    The same as `await request.state.consent_profile()`, for frameworks without
+    `request.state` (Django) and for visitors who have none (it then returns None).
     """
     state = request.scope.get("state") or {}
+    if "consent" not in state:
+        raise RuntimeError("ConsentMiddleware is not mounted in front of this app")
     bound = state.get("consent_profile")
-    if bound is not None:
-        return await bound()
-    if _default is None:
-        raise RuntimeError("no ConsentMiddleware with the rights module is running in this process")
-    return await _default.get(state.get("consent"))
+    return await bound() if bound is not None else None

@@ -517,7 +517,7 @@ def register(api: "ConsentAPI") -> None:
 
     def authenticate(request: "Request") -> "ConsentState":
         check_same_origin(request.scope, api.settings.allowed_origins)
-        state = api.current(request)
+        state = api.current(request, any_version=True)
         if state is None or not state.id:
             raise HTTPProblem(401, "no valid consent cookie: your data is reachable only from the browser "
                                    "that made the choice")
@@ -584,7 +584,7 @@ def register(api: "ConsentAPI") -> None:
 
     async def delete_choice(request: "Request") -> "Response":
         erase = _truthy(request.query_params.get("erase"))
-        previous = api.current(request) if erase else None
+        previous = api.current(request, any_version=True) if erase else None
         response = await original_delete_choice(request)
         if not erase or response.status_code != 200:
             return response
