@@ -6,8 +6,8 @@ what is stored; the minimiser asks only for the facts a granted purpose needs.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
+from functools import lru_cache
 
 from .geo import GeoLocator, Place
 from .ip import TrustedProxies, masked_ip16
@@ -22,6 +22,8 @@ class Enricher:
         self.geo = GeoLocator(geoip_db)
         self.salts = DailySalts()
         self._proof_key = proof_key
+        # Visitors send many events a day under one consent: one HMAC per consent and day.
+        self._proof = lru_cache(maxsize=65536)(self._compute_proof)
 
     def client_ip(self, peer: str, forwarded: str) -> str:
         return self.proxies.client_ip(peer, forwarded)
@@ -48,10 +50,13 @@ class Enricher:
         consent id: the operator (who holds the secret and the ledger) can recompute it
         for any consent record on that day, while analysts cannot join rows across days.
         """
-        day = int(ts // 86400)
-        return hmac.new(self._proof_key, f"{consent_id}|{day}".encode(), hashlib.sha256).hexdigest()[:20]
+        return self._proof(consent_id, int(ts // 86400))
+
+    def _compute_proof(self, consent_id: str, day: int) -> str:
+        return hmac.digest(self._proof_key, f"{consent_id}|{day}".encode(), "sha256").hex()[:20]
 
 
+@lru_cache(maxsize=4096)
 def language_tag(accept_language: str) -> str:
     """The visitor's first preferred language from Accept-Language (e.g. 'en-US' -> 'en-us')."""
     first = accept_language.split(",", 1)[0].split(";", 1)[0].strip().lower()

@@ -68,9 +68,28 @@ def to_arrow(table: str, columns: dict[str, list[Any]]) -> pa.Table:
         ch_type = types[name] if types is not None else BY_NAME[name].ch_type
         kind = arrow_type(ch_type)
         if pa.types.is_map(kind):
-            values = [list(v.items()) for v in values]
-        arrays[name] = pa.array(values, type=kind)
+            arrays[name] = _map_array(values, kind)
+        else:
+            arrays[name] = pa.array(values, type=kind)
     return pa.table(arrays)
+
+
+def _map_array(values: list[Any], kind: pa.DataType) -> pa.Array:
+    """A Map column from dicts, built from flat keys/values (no per-row list of pairs)."""
+    if any(v is None for v in values):
+        return pa.array([None if v is None else list(v.items()) for v in values], type=kind)
+    offsets = [0]
+    keys: list[Any] = []
+    items: list[Any] = []
+    total = 0
+    for v in values:
+        if v:
+            keys.extend(v.keys())
+            items.extend(v.values())
+            total += len(v)
+        offsets.append(total)
+    return pa.MapArray.from_arrays(pa.array(offsets, type=pa.int32()), pa.array(keys, type=kind.key_type),
+                                   pa.array(items, type=kind.item_type), type=kind)
 
 
 class ClickHouseSink:
