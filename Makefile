@@ -30,6 +30,9 @@ test: venv browser
 	$(PY) -m pytest -q
 
 bench: venv
+	@command -v wrk >/dev/null 2>&1 || { \
+	  echo "installing Debian's wrk for the HTTP benchmarks"; \
+	  $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk; }
 	$(PY) benchmarks/run_all.py
 
 clean:

@@ -254,7 +254,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=1000, help="requests per variant per repeat")
     parser.add_argument("--repeats", type=int, default=21, help="interleaved repeats (median reported)")
-    return asyncio.run(main_async(parser.parse_args()))
+    parser.add_argument("--quick", action="store_true", help="a fast smoke run (100 requests, 3 repeats)")
+    args = parser.parse_args()
+    if args.quick:
+        args.requests, args.repeats = 100, 3
+    return asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":

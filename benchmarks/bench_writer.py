@@ -150,7 +150,7 @@ def main() -> int:
         parse_agent(ua)
     pipeline(make_hits(min(n, 5_000), version, ALL, cold=False, seed=99))
 
-    batch = writer.batch_size
+    batch = writer.max_batch_size
     for r in range(repeats):
         hits = make_hits(n, version, ALL, cold=False, seed=r)
         record("warm", pipeline(hits))

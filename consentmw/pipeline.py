@@ -76,7 +76,8 @@ class Collector:
         self.spool = Spool(settings.spool_dir, settings.spool_max_bytes)
         self.stats = Stats()
         self.writer = Writer(self.minimiser.process, self.sink, self.spool, self.stats,
-                             batch_size=settings.batch_size, flush_interval=settings.flush_interval,
+                             batch_size=settings.batch_size, max_batch_size=settings.max_batch_size,
+                             flush_interval=settings.flush_interval,
                              queue_size=settings.queue_size)
         self._started = False
         self._start_lock = threading.Lock()

@@ -47,6 +47,7 @@ class Settings:
         ".ico", ".woff", ".woff2", ".ttf", ".json", ".xml", ".txt", ".pdf"])
     geoip_db: str | None = None
     batch_size: int = 5_000
+    max_batch_size: int = 50_000               # a backlog is written in inserts of up to this many
     flush_interval: float = 1.0
     queue_size: int = 100_000
     shutdown_timeout: float = 5.0
@@ -106,7 +107,7 @@ class Settings:
         prefix = values.get("prefix", "/_consent")
         if not prefix.startswith("/") or prefix.endswith("/") or len(prefix) < 2:
             raise SettingsError("prefix must start with '/' and not end with one, e.g. '/_consent'")
-        for name in ("batch_size", "queue_size", "cookie_max_age"):
+        for name in ("batch_size", "max_batch_size", "queue_size", "cookie_max_age"):
             if name in values and (not isinstance(values[name], int) or values[name] <= 0):
                 raise SettingsError(f"{name} must be a positive integer")
         return cls(**values)

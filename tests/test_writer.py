@@ -75,7 +75,7 @@ def test_lost_answer_is_stored_once(store: Store, tmp_path: Any) -> None:
     site = "lost.test"
     sink = wrap(store, LostAnswerSink, lose=4)
     col = collector(sink=sink, clickhouse_dsn=store.dsn, database=store.database,
-                    spool_dir=str(tmp_path / "spool"), batch_size=100)
+                    spool_dir=str(tmp_path / "spool"), batch_size=100, max_batch_size=100)
     col.writer._healthy()
     for i in range(250):
         col.submit(hit(site, i))
@@ -246,9 +246,6 @@ def test_sink_error_on_replay_keeps_records(store: Store, tmp_path: Any) -> None
     assert store.count("keep.test") == (15, 5)
 
 
-@pytest.mark.xfail(strict=True, reason="sink.py: with async_insert=1 ClickHouse ignores insert_deduplication_token "
-                   "unless async_insert_deduplicate=1; fix: drop async_insert (the writer already batches) or "
-                   "add async_insert_deduplicate=1")
 def test_server_inserts_keep_deduplication(store: Store) -> None:
     """On a server DSN a retried batch must still be deduplicated by its token."""
     from consentmw.store.sink import ClickHouseSink

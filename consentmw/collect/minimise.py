@@ -78,6 +78,7 @@ class Plan:
 class Counts:
     bots: int = 0
     rows: int = 0
+    blocked: int = 0
 
 
 _LEDGER_ROW = _getter(LEDGER_COLUMNS)
@@ -91,6 +92,8 @@ class Minimiser:
         self._by_table = {plan.table: plan for plan in self.plans.values()}
         self._plan_cache: dict[tuple[frozenset[str], str], tuple[tuple[Plan, ...], frozenset[str]]] = {}
         self.counts = Counts()
+        #: Set by `consentmw.rights`: True for a consent id whose visitor blocked processing.
+        self.blocked: Callable[[str], bool] | None = None
 
     def empty(self) -> Rows:
         return {plan.table: {name: [] for name in plan.names} for plan in self.plans.values()}
@@ -136,6 +139,10 @@ class Minimiser:
     def _hit(self, hit: Hit, out: dict[str, list[tuple[Any, ...]]]) -> None:
         plans, needed = self._plans(hit.purposes, EVENT_CATEGORY.get(hit.event_type, "page"))
         if not plans:
+            return
+        blocked = self.blocked
+        if blocked is not None and blocked(hit.consent_id):
+            self.counts.blocked += 1
             return
         enricher = self.enricher
         agent = enricher.agent(hit.user_agent)

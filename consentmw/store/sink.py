@@ -8,6 +8,7 @@ for the writer to spool the batch.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from typing import Any
@@ -100,8 +101,9 @@ class ClickHouseSink:
         self.dsn, self.chdb_path = resolve_dsn(dsn)
         self.schema = schema
         self.database = schema.database
-        self._connect_timeout = connect_timeout
-        self._timeout = send_receive_timeout
+        # clickhouse-connect truncates timeouts to whole seconds: below 1 s would mean "none".
+        self._connect_timeout = max(1, math.ceil(connect_timeout))
+        self._timeout = max(1, math.ceil(send_receive_timeout))
         self._client: Any = None
         self._migrated = False
         self._lock = threading.Lock()
@@ -170,7 +172,10 @@ class ClickHouseSink:
         """Insert one table's batch; raises SinkError on any failure."""
         settings: dict[str, Any] = {"insert_deduplication_token": token}
         if not self.embedded:
-            settings.update(async_insert=1, wait_for_async_insert=1)
+            # Server inserts go through ClickHouse's async insert buffer (several app servers'
+            # batches merge into fewer parts); the token still deduplicates a retried batch
+            # only with async_insert_deduplicate.
+            settings.update(async_insert=1, wait_for_async_insert=1, async_insert_deduplicate=1)
         try:
             client = self.client()
             client.insert_arrow(f"{self.database}.{table}", data, settings=settings)

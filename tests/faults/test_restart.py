@@ -65,7 +65,7 @@ def test_a_new_process_quarantines_damage_and_replays_the_rest(tmp_path: Any) ->
     spool_dir = tmp_path / "spool"
     dsn = f"http://127.0.0.1:{closed_port()}"
     mw = ConsentMiddleware(site_app(), secret_key=SECRET, clickhouse_dsn=dsn, spool_dir=str(spool_dir),
-                           flush_interval=0.05, batch_size=10)
+                           flush_interval=0.05, batch_size=10, max_batch_size=10)
     cookie, _ = mw.codec.issue({"statistics"})
 
     async def traffic() -> None:
