@@ -22,6 +22,7 @@ from .consent import COOKIE_NAME, ConsentCodec, ConsentState
 from .http import cookie_value
 from .pipeline import Collector
 from .settings import Settings
+from .store.sink import StoreLockedError
 
 _COOKIE = COOKIE_NAME.encode()
 _CAPTURE_METHODS = frozenset({"GET", "HEAD"})
@@ -157,35 +158,56 @@ class ConsentMiddleware:
         The inner app sees the lifespan messages first-hand. If it does not implement
         lifespan (raises or returns without answering, as Django's ASGI handler does),
         this middleware completes the protocol itself so the server still gets its answers.
+        A store that can never work here (a chDB directory locked by another process)
+        fails the startup with a one-line reason.
         """
         seen: set[str] = set()
         answered: set[str] = set()
+        refused: list[str] = []
 
         async def receive_wrapper() -> Message:
             message = await receive()
             seen.add(message["type"])
             if message["type"] == "lifespan.startup":
-                await self.collector.astart()
+                try:
+                    await self.collector.astart()
+                except StoreLockedError as exc:
+                    refused.append(str(exc))
+                    raise _StartupRefused(str(exc)) from None
             elif message["type"] == "lifespan.shutdown":
                 await self.collector.astop()
             return message
 
         async def send_wrapper(message: Message) -> None:
+            if refused and message["type"] == "lifespan.startup.failed":
+                message = {"type": "lifespan.startup.failed", "message": refused[0]}
             answered.add(message["type"])
             await send(message)
 
         try:
             await self.app(scope, receive_wrapper, send_wrapper)
         except BaseException:
+            if refused:
+                if "lifespan.startup.failed" not in answered:
+                    await send({"type": "lifespan.startup.failed", "message": refused[0]})
+                return
             if answered:
                 raise
         if "lifespan.shutdown.complete" in answered or "lifespan.startup.failed" in answered:
             return
         # The app did not (fully) speak lifespan: finish the protocol on its behalf.
-        if "lifespan.startup" not in seen:
-            await receive_wrapper()
+        try:
+            if "lifespan.startup" not in seen:
+                await receive_wrapper()
+        except _StartupRefused:
+            await send({"type": "lifespan.startup.failed", "message": refused[0]})
+            return
         if "lifespan.startup.complete" not in answered:
             await send({"type": "lifespan.startup.complete"})
         if "lifespan.shutdown" not in seen:
             await receive_wrapper()
         await send({"type": "lifespan.shutdown.complete"})
+
+
+class _StartupRefused(Exception):
+    """Raised into the app's lifespan handler when the store cannot be used at all."""

@@ -32,7 +32,7 @@ from .collect.minimise import Minimiser
 from .ledger import ConsentRecord
 from .settings import Settings
 from .store.schema import Schema
-from .store.sink import ClickHouseSink, SinkError
+from .store.sink import ClickHouseSink, SinkError, StoreLockedError
 from .store.spool import Spool
 from .store.writer import Stats, Writer
 
@@ -135,6 +135,16 @@ class Collector:
             self._start_lock.release()
 
     async def astart(self) -> None:
+        """Lifespan startup. With the embedded store, open it now (off the event loop):
+        a chDB directory locked by another process is a deployment error that must stop
+        the server with a clear message, not a spool that no process can ever replay."""
+        if self.sink.embedded:
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self.sink.client)
+            except StoreLockedError:
+                raise
+            except SinkError as exc:  # any other failure: serve anyway, spool, retry
+                log.warning("consentmw: embedded store not ready at start (%s); events will be spooled", exc)
         self.start()
 
     async def astop(self) -> None:

@@ -102,6 +102,8 @@ def _quiet_writers(database: str) -> Iterator[None]:
     """Set up after `database` and before `make_app`, so torn down between them: once the
     collectors are stopped, wait for their threads so none migrates a database being dropped."""
     yield
+    # One deadline for all: a collector a failed test never stopped must not hang the run.
+    deadline = time.monotonic() + 15.0
     for thread in threading.enumerate():
         if thread.name.startswith("consentmw-") and thread is not threading.current_thread():
-            thread.join(60.0)
+            thread.join(max(0.0, deadline - time.monotonic()))

@@ -30,6 +30,32 @@ class StoreLockedError(SinkError):
     """The chDB directory belongs to another process."""
 
 
+def _locked_elsewhere(path: str) -> bool:
+    """True when another process holds the ClickHouse status-file lock of a chDB directory.
+
+    chDB reports this case in more than one way (a lock error, or a bare initialisation
+    error), so the lock itself is asked.
+    """
+    import fcntl
+
+    status = os.path.join(path, "status")
+    try:
+        fd = os.open(status, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what ClickHouse's status file holds
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 def resolve_dsn(dsn: str) -> tuple[str, str | None]:
     """Normalise a DSN; for chDB return the absolute data directory as well."""
     if dsn.startswith("chdb://"):
@@ -135,7 +161,7 @@ class ClickHouseSink:
                 send_receive_timeout=self._timeout, autogenerate_session_id=False)
         except Exception as exc:  # noqa: BLE001 - every driver error means "not reachable now"
             message = str(exc)
-            if "lock" in message.lower() and self.chdb_path:
+            if self.chdb_path and ("lock" in message.lower() or _locked_elsewhere(self.chdb_path)):
                 raise StoreLockedError(
                     f"the chDB data directory {self.chdb_path} is in use by another process. "
                     "chDB allows one process per directory: run a single worker, or point "

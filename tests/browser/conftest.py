@@ -98,7 +98,9 @@ def site(chdb_dsn: str, database: str, ch: Any, tmp_path: Path) -> Iterator[Site
     s.stop()
 
 
-@pytest.fixture(scope="session")
+# Module scope: sync Playwright keeps an event loop running in this thread while it is
+# open, and later tests call asyncio.run().
+@pytest.fixture(scope="module")
 def playwright_instance() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
@@ -106,7 +108,7 @@ def playwright_instance() -> Iterator[Any]:
         yield p
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright_instance: Any) -> Iterator[Any]:
     b = playwright_instance.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
     yield b

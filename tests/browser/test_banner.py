@@ -81,11 +81,11 @@ def test_accept_all_records_and_collects(tab: Tab) -> None:
     assert set(ledger[0]["granted"]) == set(cookie["granted"]) and list(ledger[0]["denied"]) == []
     assert ledger[0]["language"] == "en" and ledger[0]["page"] == "/"
     # the beacon is loaded at once, without a reload, and the gated scripts ran
-    tab.page.wait_for_function("consentmw._b === 1")
-    tab.page.wait_for_function("window.demoAdsLoaded === 1 && window.demoStatsInline === 1")
+    tab.page.wait_for_function("() => consentmw._b === 1")
+    tab.page.wait_for_function("() => window.demoAdsLoaded === 1 && window.demoStatsInline === 1")
     # a full page load is counted by the server; SPA views, timing and vitals by the beacon
     tab.goto("/spa")
-    tab.page.wait_for_function("consentmw._b === 1")
+    tab.page.wait_for_function("() => consentmw._b === 1")
     tab.page.get_by_role("link", name="Pricing").click()
     tab.page.get_by_role("link", name="Docs").click()
     tab.page.go_back()
@@ -93,7 +93,7 @@ def test_accept_all_records_and_collects(tab: Tab) -> None:
     tab.page.route("https://example.org/**", lambda route: route.fulfill(
         body="<html lang=en><title>x</title><p>elsewhere</p></html>", content_type="text/html"))
     tab.goto("/")
-    tab.page.wait_for_function("consentmw._b === 1")
+    tab.page.wait_for_function("() => consentmw._b === 1")
     tab.page.get_by_role("link", name="example.org").click()
     tab.page.wait_for_url("https://example.org/")
     sql = ("SELECT ts, event_type, path, consent_id, referrer_host, ttfb, dom_complete, load_ms, fcp, link_host, "
@@ -196,13 +196,13 @@ def test_withdraw_from_floating_button_stops_collection(tab: Tab) -> None:
     site = tab.site
     tab.goto("/spa")
     tab.wait_choice(lambda: tab.button("Accept all").click())
-    tab.page.wait_for_function("consentmw._b === 1")
+    tab.page.wait_for_function("() => consentmw._b === 1")
     tab.page.get_by_role("link", name="Pricing").click()      # queued by the beacon (not yet sent)
     tab.goto("/articles/consent-that-holds-up")                # pagehide sends it; the server counts this load
     site.wait_rows("SELECT path FROM {db}.events_statistics",
                    lambda rs: {"/spa/pricing", "/articles/consent-that-holds-up"} <= {r["path"] for r in rs})
     # queue more, then withdraw at once from the floating button on this page
-    tab.page.wait_for_function("consentmw._b === 1")
+    tab.page.wait_for_function("() => consentmw._b === 1")
     tab.page.evaluate("consentmw.track('before-withdraw')")
     floating = tab.page.locator(".cmw-f")
     assert floating.inner_text() == "Privacy settings"
@@ -268,7 +268,7 @@ def test_keyboard_only(tab: Tab) -> None:
     tab.wait_choice(lambda: page.keyboard.press("Enter"))
     assert granted_of(tab) == ["necessary", "statistics"]
     # focus is not lost: it lands on the floating button, which reopens the settings
-    page.wait_for_function(f"{active}.classList.contains('cmw-f')")
+    page.wait_for_function(f"() => {active}.classList.contains('cmw-f')")
     page.keyboard.press("Enter")
     page.locator("dialog.cmw-s").wait_for()
     assert page.locator("#cmw-statistics").is_checked()
@@ -365,7 +365,7 @@ def test_script_gating_without_reload(tab: Tab) -> None:
     tab.wait_choice(lambda: tab.button("Save choices").click())
     dialog.wait_for(state="detached")
     # the inline script ran (with the page's CSP nonce), the marketing one did not
-    page.wait_for_function("window.demoStatsInline === 1")
+    page.wait_for_function("() => window.demoStatsInline === 1")
     assert page.evaluate("window.demoAdsLoaded") is None
     assert page.locator('script[type="text/plain"][data-consent="marketing"]').count() == 1
     # granting marketing later, still without a reload, runs the src script once
@@ -374,7 +374,7 @@ def test_script_gating_without_reload(tab: Tab) -> None:
     page.locator("#cmw-marketing").check()
     tab.wait_choice(lambda: tab.button("Save choices").click())
     dialog.wait_for(state="detached")
-    page.wait_for_function("window.demoAdsLoaded === 1")
+    page.wait_for_function("() => window.demoAdsLoaded === 1")
     assert "marketing consent granted" in page.locator("#ad-slot").inner_text()
     assert page.evaluate("window.demoStatsInline") == 1  # nothing ran twice
     assert page.locator('script[type="text/plain"][data-consent]').count() == 0
@@ -404,7 +404,7 @@ def test_consent_mode_signals(tab: Tab) -> None:
     assert consent_mode_calls(tab)[-1] == ["consent", "update", everything]
     # a returning visitor: default first, then the recorded choice
     tab.goto("/privacy")
-    tab.page.wait_for_function("dataLayer.length >= 2")
+    tab.page.wait_for_function("() => dataLayer.length >= 2")
     assert consent_mode_calls(tab) == [["consent", "default", denied], ["consent", "update", everything]]
 
 
