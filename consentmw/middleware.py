@@ -26,6 +26,7 @@ from .store.sink import StoreLockedError
 
 _COOKIE = COOKIE_NAME.encode()
 _CAPTURE_METHODS = frozenset({"GET", "HEAD"})
+_WANTS_CACHE_SIZE = 8192
 _COOKIE_CACHE_SIZE = 4096
 _MISSING: Any = object()
 
@@ -55,6 +56,7 @@ class ConsentMiddleware:
         self._include = tuple(self.settings.include_paths)
         self._exclude_ext = tuple(e.lower() for e in self.settings.exclude_extensions)
         self._cookie_cache: dict[bytes, str | None] = {}
+        self._wants_cache: dict[str, bool] = {}
 
     # ---------------------------------------------------------------- ASGI entry
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -111,7 +113,7 @@ class ConsentMiddleware:
             scope_state["consent_profile"] = self._bind_profile(state)
 
         if (not state.collecting or not self._collect or kind != "http"
-                or scope["method"] not in _CAPTURE_METHODS or not self._wants(path)):
+                or scope["method"] not in _CAPTURE_METHODS or not self._wanted(path)):
             await self.app(scope, receive, send)
             return
 
@@ -142,6 +144,16 @@ class ConsentMiddleware:
 
         collector.ensure_started()
         await self.app(scope, receive, send_capturing)
+
+    def _wanted(self, path: str) -> bool:
+        """`_wants`, remembered per path (bounded): sites serve the same paths again and again."""
+        known = self._wants_cache.get(path)
+        if known is None:
+            known = self._wants(path)
+            if len(self._wants_cache) >= _WANTS_CACHE_SIZE:
+                self._wants_cache.clear()
+            self._wants_cache[path] = known
+        return known
 
     def _wants(self, path: str) -> bool:
         """Whether a path's pages are captured (include/exclude prefixes, static extensions)."""
