@@ -19,4 +19,5 @@ def load_policy(path: str | None) -> Policy:
 def open_sink(args: argparse.Namespace) -> ClickHouseSink:
     dsn = getattr(args, "dsn", None) or os.environ.get("CONSENTMW_CLICKHOUSE_DSN") or DEFAULT_DSN
     database = getattr(args, "database", None) or os.environ.get("CONSENTMW_DATABASE") or "consentmw"
-    return ClickHouseSink(dsn, Schema(load_policy(getattr(args, "policy", None)), database))
+    cluster = os.environ.get("CONSENTMW_CLICKHOUSE_CLUSTER") or None
+    return ClickHouseSink(dsn, Schema(load_policy(getattr(args, "policy", None)), database, cluster))

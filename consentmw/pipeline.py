@@ -72,7 +72,8 @@ class Collector:
         proof_key = hashlib.sha256(("consentmw.proof:" + settings.secret_key[0]).encode()).digest()
         self.enricher = Enricher(settings.trusted_proxies, settings.geoip_db, proof_key)
         self.minimiser = Minimiser(self.policy, self.enricher)
-        self.sink = sink or ClickHouseSink(settings.clickhouse_dsn, Schema(self.policy, settings.database))
+        self.sink = sink or ClickHouseSink(settings.clickhouse_dsn, Schema(self.policy, settings.database,
+                                                                                  settings.cluster))
         self.spool = Spool(settings.spool_dir, settings.spool_max_bytes)
         self.stats = Stats()
         self.writer = Writer(self.minimiser.process, self.sink, self.spool, self.stats,

@@ -31,6 +31,7 @@ class Settings:
     policy: Policy
     clickhouse_dsn: str = DEFAULT_DSN
     database: str = "consentmw"
+    cluster: str | None = None                 # ClickHouse cluster name: ON CLUSTER DDL, Replicated + Distributed
     spool_dir: str = "./consentmw-spool"
     admin_token: str | None = None
     prefix: str = "/_consent"
@@ -64,6 +65,7 @@ class Settings:
         "spool_dir": "CONSENTMW_SPOOL_DIR",
         "admin_token": "CONSENTMW_ADMIN_TOKEN",
         "database": "CONSENTMW_DATABASE",
+        "cluster": "CONSENTMW_CLICKHOUSE_CLUSTER",
         "geoip_db": "CONSENTMW_GEOIP_DB",
         "trusted_proxies": "CONSENTMW_TRUSTED_PROXIES",
         "cookie_domain": "CONSENTMW_COOKIE_DOMAIN",
@@ -104,6 +106,8 @@ class Settings:
                 ipaddress.ip_network(net, strict=False)
             except ValueError:
                 raise SettingsError(f"trusted_proxies: {net!r} is not an IP address or network") from None
+        if values.get("cluster") and str(values.get("clickhouse_dsn", DEFAULT_DSN)).startswith("chdb://"):
+            raise SettingsError("cluster needs a ClickHouse server DSN (http://host:8123), not embedded chDB")
         prefix = values.get("prefix", "/_consent")
         if not prefix.startswith("/") or prefix.endswith("/") or len(prefix) < 2:
             raise SettingsError("prefix must start with '/' and not end with one, e.g. '/_consent'")

@@ -76,3 +76,14 @@ def test_dsn_resolution() -> None:
     assert resolve_dsn("http://ch:8123/") == ("http://ch:8123/", None)
     with pytest.raises(ValueError, match="unsupported"):
         resolve_dsn("mysql://x")
+
+
+def test_cluster_setting_reaches_the_schema_and_refuses_chdb(tmp_path: Any) -> None:
+    from consentmw.pipeline import Collector
+    from consentmw.settings import Settings, SettingsError
+
+    settings = Settings.build({"secret_key": "0123456789abcdef0123", "clickhouse_dsn": "http://127.0.0.1:9/",
+                               "cluster": "main", "spool_dir": str(tmp_path)})
+    assert Collector(settings).sink.schema.cluster == "main"
+    with pytest.raises(SettingsError, match="server DSN"):
+        Settings.build({"secret_key": "0123456789abcdef0123", "cluster": "main"})
