@@ -10,6 +10,7 @@ from typing import Any, Awaitable, Callable, Iterator
 import httpx
 import pytest
 
+from consentmw import ConsentMiddleware
 from tests.conftest import BROWSER_UA
 
 Message = dict[str, Any]
@@ -107,3 +108,12 @@ def _quiet_writers(database: str) -> Iterator[None]:
     for thread in threading.enumerate():
         if thread.name.startswith("consentmw-") and thread is not threading.current_thread():
             thread.join(max(0.0, deadline - time.monotonic()))
+
+
+@pytest.fixture
+def offline(make_app: Callable[..., ConsentMiddleware]) -> Callable[..., ConsentMiddleware]:
+    """make_app with the store unreachable: HTTP behaviour only, no schema migration."""
+    def factory(app: Any = None, **options: Any) -> ConsentMiddleware:
+        options.setdefault("clickhouse_dsn", OFFLINE_DSN)
+        return make_app(app, **options)
+    return factory

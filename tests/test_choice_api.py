@@ -12,18 +12,10 @@ from hypothesis import strategies as st
 
 from consentmw import ConsentMiddleware
 from consentmw.policy import LANGUAGES
-from tests._asgi import OFFLINE_DSN, _quiet_writers, client, cookie_attrs, req, run  # noqa: F401
+from tests._asgi import OFFLINE_DSN, _quiet_writers, offline, client, cookie_attrs, req, run  # noqa: F401
 
 Factory = Callable[..., ConsentMiddleware]
 
-
-@pytest.fixture
-def offline(make_app: Factory) -> Factory:
-    """make_app with the store unreachable: HTTP behaviour only, no schema migration."""
-    def factory(app: Any = None, **options: Any) -> ConsentMiddleware:
-        options.setdefault("clickhouse_dsn", OFFLINE_DSN)
-        return make_app(app, **options)
-    return factory
 STATE = "/_consent/state"
 CHOICE = "/_consent/choice"
 HALF_YEAR = 180 * 86400

@@ -17,18 +17,10 @@ from starlette.routing import Route
 import consentmw
 from consentmw import ConsentMiddleware, ConsentState, consent_of
 from tests.conftest import SECRET, site_app
-from tests._asgi import OFFLINE_DSN, _quiet_writers, client, drive_lifespan, req, request, run, wait_stopped  # noqa: F401
+from tests._asgi import OFFLINE_DSN, _quiet_writers, offline, client, drive_lifespan, req, request, run, wait_stopped  # noqa: F401
 
 Factory = Callable[..., ConsentMiddleware]
 
-
-@pytest.fixture
-def offline(make_app: Factory) -> Factory:
-    """make_app with the store unreachable: HTTP behaviour only, no schema migration."""
-    def factory(app: Any = None, **options: Any) -> ConsentMiddleware:
-        options.setdefault("clickhouse_dsn", OFFLINE_DSN)
-        return make_app(app, **options)
-    return factory
 
 
 def cookie_for(mw: ConsentMiddleware, granted: list[str], **kw: Any) -> dict[str, str]:
