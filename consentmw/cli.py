@@ -143,6 +143,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prove(args: argparse.Namespace) -> int:
+    from .ops import open_sink
+    from .proof import prove
+
+    secrets = [k.strip() for k in (os.environ.get("CONSENTMW_SECRET_KEY") or "").split(",") if k.strip()]
+    if not secrets:
+        raise CLIError("set CONSENTMW_SECRET_KEY (all current and retired keys, comma-separated): "
+                       "statistics rows are proven with it")
+    try:
+        proof = prove(open_sink(args), secrets, args.table, args.event)
+    except LookupError as exc:
+        raise CLIError(str(exc)) from None
+    print(json.dumps(proof.as_dict(), ensure_ascii=False, indent=2, default=str))
+    return 0 if proof.granted else 1
+
+
 def cmd_erase(args: argparse.Namespace) -> int:
     vid = _visitor_id(args.visitor)
     secret = (os.environ.get("CONSENTMW_SECRET_KEY") or "").split(",")[0].strip()
@@ -238,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--data-dir", default=None, help="chDB data directory (default: ./consentmw-data)")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("prove", help="show the consent record that authorised one stored row")
+    _add_store_args(p)
+    p.add_argument("--table", required=True, help="events_<purpose>, e.g. events_statistics")
+    p.add_argument("--event", required=True, help="the row's event_id")
+    p.set_defaults(func=cmd_prove)
     p = sub.add_parser("migrate", help="create or upgrade the ClickHouse schema")
     _add_store_args(p)
     p.set_defaults(func=cmd_migrate)

@@ -30,8 +30,14 @@ SOURCE_DEFAULT = "default"  # no choice recorded: only required purposes apply
 
 
 def new_id() -> str:
-    """A random 96-bit identifier, URL- and cookie-safe (16 characters)."""
-    return base64.urlsafe_b64encode(os.urandom(12)).decode()
+    """A random 96-bit identifier, URL- and cookie-safe (16 characters).
+
+    Never starts with '-', so an operator can pass it to a command line option as is.
+    """
+    while True:
+        value = base64.urlsafe_b64encode(os.urandom(12)).decode()
+        if value[0] != "-":
+            return value
 
 
 @dataclass(frozen=True, slots=True)

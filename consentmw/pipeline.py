@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import hashlib
 import logging
 import signal
 import threading
 import weakref
 from typing import Any
 
-from .collect.enrich import Enricher
+from .collect.enrich import Enricher, proof_key
 from .collect.hit import Hit
 from .collect.minimise import Minimiser
 from .ledger import ConsentRecord
@@ -69,8 +68,7 @@ class Collector:
     def __init__(self, settings: Settings, sink: ClickHouseSink | None = None) -> None:
         self.settings = settings
         self.policy = settings.policy
-        proof_key = hashlib.sha256(("consentmw.proof:" + settings.secret_key[0]).encode()).digest()
-        self.enricher = Enricher(settings.trusted_proxies, settings.geoip_db, proof_key)
+        self.enricher = Enricher(settings.trusted_proxies, settings.geoip_db, proof_key(settings.secret_key[0]))
         self.minimiser = Minimiser(self.policy, self.enricher)
         self.sink = sink or ClickHouseSink(settings.clickhouse_dsn, Schema(self.policy, settings.database,
                                                                                   settings.cluster))

@@ -325,3 +325,11 @@ def test_every_position_every_base64_char_rejected() -> None:
     accepted = [(i, ch) for i in range(len(_VALID)) for ch in alphabet
                 if ch != _VALID[i] and codec._verify(_VALID[:i] + ch + _VALID[i + 1:], None) is not None]
     assert accepted == []
+
+
+def test_new_ids_never_look_like_command_line_options() -> None:
+    from consentmw.consent import new_id
+
+    ids = [new_id() for _ in range(5000)]
+    assert all(len(i) == 16 and not i.startswith("-") for i in ids)
+    assert len(set(ids)) == len(ids)

@@ -6,6 +6,7 @@ what is stored; the minimiser asks only for the facts a granted purpose needs.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from functools import lru_cache
 
@@ -14,6 +15,16 @@ from .ip import TrustedProxies, masked_ip16
 from .salt import DailySalts
 from .useragent import Agent, parse_agent
 from .referrer import Referrer, parse_referrer
+
+
+def proof_key(secret: str) -> bytes:
+    """The key for consent proofs, derived from one signing secret (never the secret itself)."""
+    return hashlib.sha256(("consentmw.proof:" + secret).encode()).digest()
+
+
+def proof_token(key: bytes, consent_id: str, day: int) -> str:
+    """The day-scoped consent proof stored in rows of purposes without a stable id."""
+    return hmac.digest(key, f"{consent_id}|{day}".encode(), "sha256").hex()[:20]
 
 
 class Enricher:
@@ -53,7 +64,7 @@ class Enricher:
         return self._proof(consent_id, int(ts // 86400))
 
     def _compute_proof(self, consent_id: str, day: int) -> str:
-        return hmac.digest(self._proof_key, f"{consent_id}|{day}".encode(), "sha256").hex()[:20]
+        return proof_token(self._proof_key, consent_id, day)
 
 
 @lru_cache(maxsize=4096)
