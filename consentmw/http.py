@@ -136,8 +136,3 @@ def check_same_origin(scope: Scope, allowed: Iterable[str] = ()) -> None:
     origin = header(scope, b"origin")
     if origin is not None and origin != origin_of(scope) and origin not in allowed:
         raise HTTPProblem(403, "cross-origin request refused (Origin does not match)")
-
-
-def no_store(response: JSONResponse) -> JSONResponse:
-    response.headers["Cache-Control"] = "no-store"
-    return response

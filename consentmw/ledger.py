@@ -32,10 +32,3 @@ class ConsentRecord:
     site: str
     visitor_id: str | None = None
     record_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-
-    def to_json(self) -> dict[str, object]:
-        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
-
-    @classmethod
-    def from_json(cls, data: dict[str, object]) -> "ConsentRecord":
-        return cls(**data)  # type: ignore[arg-type]

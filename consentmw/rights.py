@@ -297,7 +297,7 @@ class Rights:
             if pred is None:
                 continue
             if table == PROFILE_TABLE:
-                sql = (f"SELECT visitor_id, " + ", ".join(f"{e} AS {n}" for n, e in PROFILE_READ.items()) +
+                sql = ("SELECT visitor_id, " + ", ".join(f"{e} AS {n}" for n, e in PROFILE_READ.items()) +
                        f" FROM {self.db}.{table} WHERE {pred} GROUP BY visitor_id ORDER BY first_seen")
             else:
                 columns = self._q(f"SELECT name FROM system.columns WHERE database = '{self.db}' "

@@ -40,19 +40,6 @@ class Hit:
     duration_ms: int = 0
     data: dict[str, Any] | None = None      # validated beacon payload
 
-    def to_json(self) -> list[Any]:
-        """A compact JSON-ready form for the spool."""
-        return [self.ts, self.event_type, self.site, self.path, self.consent_id, self.policy_version,
-                sorted(self.purposes), self.visitor_id, self.peer_ip, self.forwarded_for,
-                self.user_agent, self.language, self.referrer, self.campaign, self.status,
-                self.duration_ms, self.data]
-
-    @classmethod
-    def from_json(cls, row: list[Any]) -> "Hit":
-        values = list(row)
-        values[6] = frozenset(values[6])
-        return cls(*values)
-
 
 def campaign_params(query_string: bytes) -> dict[str, str] | None:
     """Keep only campaign tags and click ids from a query string (None when there are none)."""

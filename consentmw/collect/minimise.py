@@ -95,9 +95,6 @@ class Minimiser:
         #: Set by `consentmw.rights`: True for a consent id whose visitor blocked processing.
         self.blocked: Callable[[str], bool] | None = None
 
-    def empty(self) -> Rows:
-        return {plan.table: {name: [] for name in plan.names} for plan in self.plans.values()}
-
     def process(self, items: Iterable[Hit | ConsentRecord]) -> Rows:
         """Minimise and enrich a batch into column lists per table (tables with no rows omitted)."""
         # Rows are collected as tuples (one C-level itemgetter call per row) and turned
