@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tomllib
 from dataclasses import dataclass, field
 from datetime import date
@@ -145,7 +146,7 @@ class Policy:
         return cls.from_dict(tomllib.loads(text))
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "Policy":
+    def from_file(cls, path: "str | os.PathLike[str]") -> "Policy":
         """Load a TOML policy. Keys absent from the file fall back to the default catalog's texts."""
         try:
             data = tomllib.loads(Path(path).read_text("utf-8"))
@@ -269,7 +270,7 @@ def _parse_policy(data: Mapping[str, Any], base: Policy | None) -> Policy:
         base_by_id = {p.id: p for p in base.purposes} if base else {}
         purposes = tuple(
             _parse_purpose(raw, f"purposes[{i}]",
-                           base_by_id.get(raw.get("id")) if isinstance(raw, Mapping) else None)
+                           base_by_id.get(str(raw.get("id"))) if isinstance(raw, Mapping) else None)
             for i, raw in enumerate(raw_purposes))
     cat_texts = _texts(data.get("categories"), "categories")
     for c in cat_texts:

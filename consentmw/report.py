@@ -13,7 +13,7 @@ import datetime as dt
 import html
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence, cast
 
 PALETTE = ("#2563eb", "#d97706", "#059669", "#dc2626", "#7c3aed", "#0891b2", "#be185d")
 W, H = 720, 260
@@ -131,7 +131,7 @@ def bars(chart_id: str, title: str, items: Sequence[tuple[str, float]], unit: st
     return _frame(chart_id, title, desc, "".join(parts)), len(items)
 
 
-def lines(chart_id: str, title: str, labels: Sequence[str], series: dict[str, Sequence[float | None]],
+def lines(chart_id: str, title: str, labels: Sequence[str], series: Mapping[str, Sequence[float | None]],
           unit: str = "", top: float | None = None) -> tuple[str, int]:
     """One line per series over the same days; gaps where a value is missing."""
     values = [v for s in series.values() for v in s if v is not None]
@@ -260,7 +260,8 @@ def collect(query: Callable[[str], list[tuple[Any, ...]]], database: str, days: 
         visitors=[daily.get(d, (0, 0))[1] for d in span], top_pages=top_pages, sources=sources,
         consent={p: [v.get(d) for d in span] for p, v in consent.items()}, consent_totals=totals,
         vitals=vitals, vitals_overall=dict(zip(("LCP", "INP", "CLS", "FCP", "TTFB"), map(_num, overall[0]))),
-        choices=tuple(int(x or 0) for x in choices[0]) if choices else (0, 0, 0, 0), sites=sites)
+        choices=cast("tuple[int, int, int, int]", tuple(int(x or 0) for x in choices[0])) if choices else (0, 0, 0, 0),
+        sites=sites)
 
 
 def _has_table(query: Callable[[str], list[tuple[Any, ...]]], db: str, table: str) -> bool:
@@ -299,7 +300,7 @@ def render(data: ReportData, title: str = "Site report") -> tuple[str, list[Char
              ("Consent decisions", _fmt(total_decisions)), ("Accept all", accept), ("Reject all", reject),
              ("LCP p75", f"{v['LCP']:,.0f} ms" if v.get("LCP") is not None else "–"),
              ("INP p75", f"{v['INP']:,.0f} ms" if v.get("INP") is not None else "–"),
-             ("CLS p75", _fmt(round(v["CLS"], 3)) if v.get("CLS") is not None else "–")]
+             ("CLS p75", _fmt(round(float(v["CLS"] or 0), 3)) if v.get("CLS") is not None else "–")]
     period = f"{data.days[0].isoformat()} – {data.days[-1].isoformat()}"
     sites = ", ".join(data.sites) if data.sites else "all sites"
     body = "".join(f'<section id="{c.id}"><h2>{esc(c.title)}</h2>{c.svg}{c.table}</section>' for c in charts)

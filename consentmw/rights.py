@@ -589,7 +589,7 @@ def register(api: "ConsentAPI") -> None:
         if not erase or response.status_code != 200:
             return response
         try:
-            body = json.loads(response.body)
+            body = json.loads(bytes(response.body))
         except ValueError:
             return response
         status = 200

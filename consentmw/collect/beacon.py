@@ -84,10 +84,10 @@ def _event(event: Any, i: int) -> dict[str, Any]:
         out["link_host"] = parts.hostname.lower()[:255]
         out["link_path"] = parts.path[:MAX_PATH] or "/"
     else:
-        name = event.get("name")
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
+        event_name = event.get("name")
+        if not isinstance(event_name, str) or not _NAME.fullmatch(event_name):
             raise BeaconError(f"{where}.name: 1-64 letters, digits, spaces or . : / - _")
-        out["name"] = name
+        out["name"] = event_name
         out["props"] = _props(event.get("props", {}), f"{where}.props")
     return out
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Any, Callable, Iterable
+from typing import AbstractSet, Any, Callable, Iterable
 
 from ..fields import LEDGER_COLUMNS as _LEDGER, Column, columns_for, table_for
 from ..ledger import ConsentRecord
@@ -52,7 +52,11 @@ def uuid4_strings(n: int) -> list[str]:
 def _getter(names: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
     """A C-level function picking `names` from a dict as a tuple (even for one name)."""
     if len(names) == 1:
-        return lambda d, _n=names[0]: (d[_n],)
+        only = names[0]
+
+        def single(d: dict[str, Any]) -> tuple[Any, ...]:
+            return (d[only],)
+        return single
     return itemgetter(*names)
 
 
@@ -158,7 +162,7 @@ class Minimiser:
             table.append(plan.row(values))
         self.counts.rows += len(plans)
 
-    def _facts(self, hit: Hit, agent: Any, needed: set[str]) -> dict[str, Any]:
+    def _facts(self, hit: Hit, agent: Any, needed: AbstractSet[str]) -> dict[str, Any]:
         """Compute only the values some granted purpose stores."""
         enricher = self.enricher
         data = hit.data or {}

@@ -30,7 +30,8 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+import builtins
+from typing import Any, Generator
 
 log = logging.getLogger("consentmw.spool")
 
@@ -92,7 +93,7 @@ def parse_segment(data: bytes) -> tuple[list[tuple[Record, bytes]], list[tuple[b
             else:
                 header_raw, sep, body = data[start:end].partition(b"\n")
                 try:
-                    header = json.loads(header_raw) if sep else None
+                    header: Any = json.loads(header_raw) if sep else None
                     record = Record(str(header["kind"]), str(header["table"]), str(header["token"]), body)
                 except (ValueError, KeyError, TypeError):
                     why = "bad header"
@@ -233,7 +234,7 @@ class Spool:
         return sorted(q.glob("*.bad")) if q.exists() else []
 
     # -- replay --------------------------------------------------------------
-    def replay(self) -> Iterator[tuple[Path, Record, "Ack"]]:
+    def replay(self) -> Generator[tuple[Path, Record, "Ack"], None, None]:
         """Yield records of every segment no other writer or replayer holds, oldest first.
 
         Call `ack()` after a record is safely stored. A segment whose records were all
@@ -280,7 +281,7 @@ class Spool:
                 if fd is not None:
                     os.close(fd)
 
-    def _rewrite(self, seg: Path, fd: int, blobs: list[bytes]) -> int | None:
+    def _rewrite(self, seg: Path, fd: int, blobs: list[builtins.bytes]) -> int | None:
         """Atomically replace a segment we hold with `blobs`; returns the lock-holding fd."""
         if not blobs:
             seg.unlink(missing_ok=True)
@@ -315,7 +316,7 @@ class Spool:
                 tmp.unlink(missing_ok=True)
                 os.close(fd)
 
-    def _quarantine(self, seg: Path, blob: bytes, why: str) -> None:
+    def _quarantine(self, seg: Path, blob: builtins.bytes, why: str) -> None:
         self.stats.corrupt += 1
         self.stats.quarantined_bytes += len(blob)
         self._ensure_dir()
