@@ -101,9 +101,9 @@ class Minimiser:
 
     def process(self, items: Iterable[Hit | ConsentRecord]) -> Rows:
         """Minimise and enrich a batch into column lists per table (tables with no rows omitted)."""
-        # Rows are collected as tuples (one C-level itemgetter call per row) and turned
-        # into column lists once per batch; tables keep the order they first appear in.
-        rows: dict[str, list[tuple[Any, ...]]] = {}
+        # Each row is picked by one C-level itemgetter call and laid into a flat list per
+        # table, turned into column lists once per batch; tables keep their first-seen order.
+        rows: dict[str, list[Any]] = {}
         for item in items:
             if isinstance(item, ConsentRecord):
                 self._ledger(item, rows)
@@ -117,7 +117,7 @@ class Minimiser:
             plan = self._by_table[table]
             columns = _columns(plan.row_names, table_rows)
             if "event_id" in plan.names:  # never shared across purposes' tables
-                columns["event_id"] = uuid4_strings(len(table_rows))
+                columns["event_id"] = uuid4_strings(len(table_rows) // len(plan.row_names))
             out[table] = {name: columns[name] for name in plan.names}
         return out
 
@@ -137,7 +137,7 @@ class Minimiser:
                 self._plan_cache[key] = found
         return found
 
-    def _hit(self, hit: Hit, out: dict[str, list[tuple[Any, ...]]]) -> None:
+    def _hit(self, hit: Hit, out: dict[str, list[Any]]) -> None:
         plans, needed = self._plans(hit.purposes, EVENT_CATEGORY.get(hit.event_type, "page"))
         if not plans:
             return
@@ -159,7 +159,7 @@ class Minimiser:
             purpose = plan.purpose
             if "ip" in values:
                 values["ip"] = masked_ip16(values["_client_ip"], purpose.ip_mask_bytes, purpose.ipv6_prefix)
-            table.append(plan.row(values))
+            table.extend(plan.row(values))
         self.counts.rows += len(plans)
 
     def _facts(self, hit: Hit, agent: Any, needed: AbstractSet[str]) -> dict[str, Any]:
@@ -217,7 +217,7 @@ class Minimiser:
         return v
 
     # -- ledger --------------------------------------------------------------
-    def _ledger(self, rec: ConsentRecord, out: dict[str, list[tuple[Any, ...]]]) -> None:
+    def _ledger(self, rec: ConsentRecord, out: dict[str, list[Any]]) -> None:
         table = out.get(LEDGER_TABLE)
         if table is None:
             table = out[LEDGER_TABLE] = []
@@ -230,9 +230,14 @@ class Minimiser:
             "ip": masked_ip16(client_ip, LEDGER_V4_MASK, LEDGER_V6_PREFIX),
             "user_agent": rec.user_agent, "visitor_id": rec.visitor_id or "",
         }
-        table.append(_LEDGER_ROW(row))
+        table.extend(_LEDGER_ROW(row))
 
 
-def _columns(names: tuple[str, ...], rows: list[tuple[Any, ...]]) -> Columns:
-    """Row tuples to one list per column (a C-level transpose)."""
-    return {name: list(column) for name, column in zip(names, zip(*rows), strict=True)}
+def _columns(names: tuple[str, ...], flat: list[Any]) -> Columns:
+    """Rows laid end to end in one flat list, to one list per column (C-level slices).
+
+    Rows are never kept as tuples: a short-lived tuple does not count towards the garbage
+    collector's thresholds, 100,000 live ones trigger full collections (~30 % of the time).
+    """
+    width = len(names)
+    return {name: flat[i::width] for i, name in enumerate(names)}
