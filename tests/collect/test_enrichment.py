@@ -115,8 +115,11 @@ def test_daily_salt_changes_every_day_and_forgets() -> None:
     assert a == salts.visitor_hash(day + 80_000, "s", "1.2.3.4", "ua")
     assert a != salts.visitor_hash(day + 86_400 + 10, "s", "1.2.3.4", "ua")
     assert a != salts.visitor_hash(day + 10, "other", "1.2.3.4", "ua")
+    assert a == salts.visitor_hash(day + 10, "s", "1.2.3.4", "ua")  # remembered, same code
     salts.visitor_hash(day + 2 * 86_400, "s", "x", "y")
     assert 20_000 not in salts._salts  # two days later the first day's salt is gone
+    assert not any(key[0] == 20_000 for key in salts._codes)  # and every code made with it
+    assert a != salts.visitor_hash(day + 10, "s", "1.2.3.4", "ua")  # a late event gets a new, unlinkable code
 
 
 @pytest.mark.parametrize("header,tag", [("en-US,en;q=0.9", "en-us"), ("kk", "kk"), ("*", ""), ("", ""),
