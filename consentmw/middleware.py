@@ -128,7 +128,7 @@ class ConsentMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 for hkey, hvalue in message.get("headers", ()):
-                    if hkey.lower() == b"content-type":
+                    if hkey == b"content-type" or hkey == b"Content-Type":  # ASGI names are lower-case
                         is_html = hvalue.startswith(b"text/html")
                         break
             elif is_html and not message.get("more_body", False):
