@@ -8,7 +8,6 @@ They are plain ASGI handlers built on Starlette's request/response objects: only
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any, Awaitable, Callable, Protocol
 
@@ -47,7 +46,7 @@ class ConsentAPI:
         self.prefix = settings.prefix
         self.routes: dict[tuple[str, str], Handler] = {}
         self.prefix_routes: list[tuple[str, str, Handler]] = []
-        self._state_cache: dict[str, bytes] = {}
+        self._policy_cache: dict[str, dict[str, Any]] = {}
         self.add("GET", "/state", self.get_state)
         self.add("POST", "/choice", self.post_choice)
         self.add("DELETE", "/choice", self.delete_choice)
@@ -112,15 +111,15 @@ class ConsentAPI:
         }
 
     def policy_public(self, lang: str | None) -> dict[str, Any]:
+        """The policy as shown, per language, built once (callers only serialise it)."""
         key = lang if lang in LANGUAGES else "*"
-        cached = self._state_cache.get(key)
+        cached = self._policy_cache.get(key)
         if cached is None:
             langs = (lang,) if lang in LANGUAGES else LANGUAGES
             if lang in LANGUAGES and lang != "en":
                 langs = (lang, "en")  # English fills any text the site did not translate
-            cached = json.dumps(self.policy.public(langs), ensure_ascii=False).encode()
-            self._state_cache[key] = cached
-        return json.loads(cached)
+            cached = self._policy_cache[key] = self.policy.public(langs)
+        return cached
 
     def set_cookie(self, response: Response, request: Request, value: str) -> None:
         secure = self.settings.cookie_secure

@@ -56,7 +56,6 @@ class Settings:
     collect_rate: float = 20.0                 # beacon requests per second per client (token bucket)
     collect_burst: int = 60
     floating_button: bool = True
-    hit_all_purposes_for_bots: bool = False
 
     _ENV = {
         "secret_key": "CONSENTMW_SECRET_KEY",
