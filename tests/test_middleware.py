@@ -227,15 +227,7 @@ def test_django_asgi_app(make_app: Factory, django_app: Any, ch: Any, database: 
 
 def test_django_lifespan_completed_by_middleware(offline: Factory, django_app: Any) -> None:
     mw = offline(django_app)
-    running: list[bool] = []
-
-    async def between() -> None:
-        running.append(mw.collector.writer.running)
-
-    sent, seen = run(drive_lifespan(mw, between))
-    assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
-    assert running == [True] and wait_stopped(mw.collector.writer)
-    assert "error" not in seen
+    assert_lifespan_completed_for_the_app(mw)
 
 
 # -- a raw ASGI callable ------------------------------------------------------------------------
@@ -364,15 +356,7 @@ def test_lifespan_app_without_lifespan(offline: Factory, kind: str) -> None:
             raise ValueError("no lifespan here")
 
     mw = offline(app)
-    running: list[bool] = []
-
-    async def between() -> None:
-        running.append(mw.collector.writer.running)
-
-    sent, seen = run(drive_lifespan(mw, between))
-    assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
-    assert running == [True] and wait_stopped(mw.collector.writer)
-    assert "error" not in seen
+    assert_lifespan_completed_for_the_app(mw)
 
 
 def test_lifespan_startup_failure_is_passed_on(offline: Factory) -> None:
@@ -450,3 +434,15 @@ def test_concurrent_requests_each_see_their_own_state(offline: Factory) -> None:
     for i, text in enumerate(texts):
         assert expected[i % 4] in text
 
+
+def assert_lifespan_completed_for_the_app(mw: ConsentMiddleware) -> None:
+    """The server gets both answers, the collector runs in between and stops after."""
+    running: list[bool] = []
+
+    async def between() -> None:
+        running.append(mw.collector.writer.running)
+
+    sent, seen = run(drive_lifespan(mw, between))
+    assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert running == [True] and wait_stopped(mw.collector.writer)
+    assert "error" not in seen

@@ -79,6 +79,13 @@ class Server:
         assert status == 200, body
         return json.loads(body)
 
+    def wait_healthy_under_load(self) -> None:
+        """Until the store is connected and migrated (30 s at most), then 1.5 s more of load."""
+        deadline = time.monotonic() + 30
+        while not self.health()["sink_healthy"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.5)
+
     def signal(self, sig: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)
@@ -178,10 +185,7 @@ def test_sigterm_stores_every_acknowledged_event(tmp_path: Path, cookie: str, li
     drains at interpreter exit, including uvicorn's exit by re-raised SIGTERM."""
     server = Server(tmp_path).start("--lifespan", lifespan)
     with Load(server.port, cookie, limit=20000) as load:
-        deadline = time.monotonic() + 30
-        while not server.health()["sink_healthy"] and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(1.5)
+        server.wait_healthy_under_load()
         health = server.health()
         server.signal(signal.SIGTERM)
         t = time.monotonic()
@@ -208,10 +212,7 @@ def test_sigkill_loses_at_most_one_flush_and_replays_on_restart(tmp_path: Path, 
     with Load(server.port, cookie, limit=20000) as load:
         # Load from the start: while the store connects and migrates, events spool; then
         # they go straight in (and the small queue overflows into the spool under load).
-        deadline = time.monotonic() + 30
-        while not server.health()["sink_healthy"] and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(1.5)
+        server.wait_healthy_under_load()
         health = server.health()
         killed_at = time.monotonic()
         server.signal(signal.SIGKILL)
