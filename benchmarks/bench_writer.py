@@ -62,11 +62,19 @@ def make_hits(n: int, version: str, purposes: frozenset[str], cold: bool, seed: 
     return hits
 
 
+def column_lists(data: Any) -> dict[str, list[Any]]:
+    """An Arrow table as the plain Python column lists clickhouse-connect's `insert` takes."""
+    import pyarrow as pa
+
+    return {name: ([dict(v) for v in col.to_pylist()] if pa.types.is_map(col.type) else col.to_pylist())
+            for name, col in zip(data.column_names, data.columns)}
+
+
 class Timers:
-    """Per-stage wall time inside the writer (process, to_arrow, insert)."""
+    """Per-stage wall time inside the writer (process, insert)."""
 
     def __init__(self) -> None:
-        self.t: dict[str, float] = {"process": 0.0, "to_arrow": 0.0, "insert": 0.0}
+        self.t: dict[str, float] = {"process": 0.0, "insert": 0.0}
 
     def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         t = self.t
@@ -94,11 +102,9 @@ def main() -> int:
         os.sched_setaffinity(0, {cpu})  # before chDB starts its threads: they inherit it
         pinned = f"pinned to CPU {cpu}"
 
-    import consentmw.store.writer as writer_module
     from consentmw.collect.useragent import parse_agent
     from consentmw.pipeline import Collector
     from consentmw.settings import Settings
-    from consentmw.store.sink import to_arrow
 
     tmp = tempfile.mkdtemp(prefix="bench-writer-")
     settings = Settings.build(dict(secret_key=SECRET, clickhouse_dsn=f"chdb://{tmp}/data", spool_dir=f"{tmp}/spool",
@@ -114,7 +120,6 @@ def main() -> int:
     writer.process = timers.wrap("process", writer.process)
     sink_insert = collector.sink.insert
     collector.sink.insert = timers.wrap("insert", sink_insert)  # type: ignore[method-assign]
-    writer_module.to_arrow = timers.wrap("to_arrow", to_arrow)  # type: ignore[attr-defined]
 
     def truncate() -> None:
         for t in tables:
@@ -158,10 +163,9 @@ def main() -> int:
         arrow_batches = []
         column_batches = []
         for i in range(0, n, batch):
-            rows = collector.minimiser.process(hits[i:i + batch])
-            for table, columns in rows.items():
-                arrow_batches.append((table, to_arrow(table, columns)))
-                column_batches.append((table, columns))
+            for table, data in collector.minimiser.process(hits[i:i + batch]).items():
+                arrow_batches.append((table, data))
+                column_batches.append((table, column_lists(data)))
         del hits
         nrows = sum(t.num_rows for _, t in arrow_batches)
         truncate()
@@ -208,11 +212,11 @@ def main() -> int:
 
     parts = Table("Writer pipeline: where the time goes (warm, all purposes; medians)",
                   ["stage", "µs/event", "share"])
-    stage_us = {k: median(x[k] / n * 1e6 for x in results["warm"]) for k in ("process", "to_arrow", "insert")}
+    stage_us = {k: median(x[k] / n * 1e6 for x in results["warm"]) for k in ("process", "insert")}
     total_us = median(x["elapsed"] / n * 1e6 for x in results["warm"])
     stage_us["writer bookkeeping (queue, tokens, stats)"] = max(0.0, total_us - sum(stage_us.values()))
     for k, v in stage_us.items():
-        label = {"process": "minimise + enrich (Minimiser.process)", "to_arrow": "to_arrow (Arrow tables)",
+        label = {"process": "minimise + enrich into Arrow tables (Minimiser.process)",
                  "insert": "chDB insert_arrow (2 tables per batch)"}.get(k, k)
         parts.add(label, v, f"{v / total_us * 100:.0f}%" if total_us else "-")
     parts.add("total", total_us, "100%")

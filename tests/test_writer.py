@@ -13,7 +13,7 @@ import pytest
 
 from consentmw.collect.hit import Hit
 from consentmw.store.schema import DEDUP_WINDOW
-from consentmw.store.sink import SinkError, to_arrow
+from consentmw.store.sink import SinkError
 from consentmw.store.spool import Record
 from consentmw.store.writer import encode_ipc
 
@@ -42,8 +42,7 @@ def wrap(store: Store, cls: type, **kwargs: Any) -> Any:
 
 def stats_rows(store: Store, site: str, n: int, ts: list[int] | None = None) -> pa.Table:
     col = store.collector(spool_dir="/nonexistent")
-    rows = col.minimiser.process([hit(site, i, (ts[i] / 1000 if ts else None)) for i in range(n)])
-    return to_arrow("events_statistics", rows["events_statistics"])
+    return col.minimiser.process([hit(site, i, (ts[i] / 1000 if ts else None)) for i in range(n)])["events_statistics"]
 
 
 # -- deduplication on chDB ---------------------------------------------------------------

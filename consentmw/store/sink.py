@@ -1,6 +1,6 @@
 """The ClickHouse sink: one clickhouse-connect client for chDB (embedded) or a server.
 
-Batches arrive as column lists and are inserted as Arrow tables (no DESCRIBE per
+Batches arrive as Arrow tables and are inserted as they are (no DESCRIBE per
 insert, no per-value Python encoding). Each insert carries a deduplication token, so a
 batch retried after a lost answer is stored once. Any failure is raised as `SinkError`
 for the writer to spool the batch.
@@ -16,10 +16,7 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 
-from ..fields import BY_NAME, LEDGER_COLUMNS
 from .schema import SCHEMA_VERSION, Schema
-
-_LEDGER_TYPES = {c.name: c.ch_type for c in LEDGER_COLUMNS}
 
 
 class SinkError(RuntimeError):
@@ -66,57 +63,6 @@ def resolve_dsn(dsn: str) -> tuple[str, str | None]:
     if scheme not in ("http", "https", "clickhouse", "clickhouses"):
         raise ValueError(f"unsupported ClickHouse DSN {dsn!r}: use chdb:///dir or http(s)://host:8123")
     return dsn, None
-
-
-def arrow_type(ch_type: str) -> pa.DataType:
-    base = ch_type.split(" CODEC", 1)[0]
-    if base.startswith("Nullable("):
-        base = base[len("Nullable("):-1]
-    if base.startswith("LowCardinality("):
-        base = base[len("LowCardinality("):-1]
-    if base.startswith("Array("):
-        return pa.list_(arrow_type(base[len("Array("):-1]))
-    if base.startswith("Map("):
-        return pa.map_(pa.string(), pa.string())
-    if base.startswith("DateTime64"):
-        return pa.timestamp("ms", tz="UTC")
-    return {
-        "String": pa.string(), "UUID": pa.string(), "UInt16": pa.uint16(), "UInt32": pa.uint32(),
-        "UInt64": pa.uint64(), "UInt8": pa.uint8(), "Float32": pa.float32(), "Bool": pa.bool_(),
-        "IPv6": pa.binary(16),
-    }[base]
-
-
-def to_arrow(table: str, columns: dict[str, list[Any]]) -> pa.Table:
-    """Column lists to an Arrow table typed from the schema vocabulary."""
-    types = _LEDGER_TYPES if table == "consent_log" else None
-    arrays = {}
-    for name, values in columns.items():
-        ch_type = types[name] if types is not None else BY_NAME[name].ch_type
-        kind = arrow_type(ch_type)
-        if pa.types.is_map(kind):
-            arrays[name] = _map_array(values, kind)
-        else:
-            arrays[name] = pa.array(values, type=kind)
-    return pa.table(arrays)
-
-
-def _map_array(values: list[Any], kind: pa.DataType) -> pa.Array:
-    """A Map column from dicts, built from flat keys/values (no per-row list of pairs)."""
-    if any(v is None for v in values):
-        return pa.array([None if v is None else list(v.items()) for v in values], type=kind)
-    offsets = [0]
-    keys: list[Any] = []
-    items: list[Any] = []
-    total = 0
-    for v in values:
-        if v:
-            keys.extend(v.keys())
-            items.extend(v.values())
-            total += len(v)
-        offsets.append(total)
-    return pa.MapArray.from_arrays(pa.array(offsets, type=pa.int32()), pa.array(keys, type=kind.key_type),
-                                   pa.array(items, type=kind.item_type), type=kind)
 
 
 class ClickHouseSink:

@@ -37,12 +37,13 @@ from typing import Any, Callable, Iterable
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from .sink import ClickHouseSink, SinkError, to_arrow
+from .sink import ClickHouseSink, SinkError
 from .spool import Record, Spool, SpoolFull
 
 log = logging.getLogger("consentmw.writer")
 
-Process = Callable[[Iterable[Any]], dict[str, dict[str, list[Any]]]]
+#: Minimise and enrich a batch of items into one Arrow table per ClickHouse table.
+Process = Callable[[Iterable[Any]], dict[str, pa.Table]]
 
 #: A spooled record the store keeps refusing while it answers everything else is moved
 #: to the quarantine after this many attempts, so one bad batch cannot block the spool.
@@ -278,13 +279,7 @@ class Writer:
             self._drop(len(items), "processing error")
             return
         batch_id = uuid.uuid4().hex
-        for table, columns in rows.items():
-            try:
-                data = to_arrow(table, columns)
-            except Exception:  # noqa: BLE001 - never expected: rows come from the minimiser
-                log.exception("consentmw: could not encode %d rows for %s; dropped", len(next(iter(columns.values()), [])), table)
-                self._drop(len(next(iter(columns.values()), [])), "encoding error")
-                continue
+        for table, data in rows.items():
             token = f"{batch_id}:{table}"
             if to_sink and self.healthy:
                 self._insert(table, data, token)

@@ -10,7 +10,8 @@ import pytest
 from consentmw import Policy
 from consentmw.fields import COLUMNS, LEDGER_COLUMNS, columns_for
 from consentmw.store.schema import Schema, check_identifier
-from consentmw.store.sink import ClickHouseSink, arrow_type, resolve_dsn
+from consentmw.arrow import arrow_type
+from consentmw.store.sink import ClickHouseSink, resolve_dsn
 
 
 def test_every_statement_parses_on_a_cluster_too(ch: Any) -> None:
