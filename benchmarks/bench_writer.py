@@ -7,7 +7,7 @@ a raw clickhouse-connect insert of the same rows (`insert_arrow` of the same Arr
 and a plain column-list `insert`) shows what the store alone costs. The process is pinned
 to one CPU (chDB's threads too). Goal: >= 150,000 events/s (warm user-agent cache).
 
-    python benchmarks/bench_writer.py [--quick] [--hits N] [--repeats R] [--profile] [--no-pin]
+    python benchmarks/bench_writer.py [--quick] [--hits N] [--repeats R] [--batch B] [--profile] [--no-pin]
 """
 
 from __future__ import annotations
@@ -92,6 +92,8 @@ def main() -> int:
     p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--hits", type=int, default=None, help="hits per run (default 100,000)")
     p.add_argument("--profile", action="store_true", help="also cProfile one warm run and print the top functions")
+    p.add_argument("--batch", type=int, default=None,
+                   help="largest insert (default: the writer's max_batch_size, as when it drains a backlog)")
     p.add_argument("--no-pin", action="store_true", help="do not pin the process to one CPU")
     args = p.parse_args()
     n = args.hits or (5_000 if args.quick else 100_000)
@@ -108,7 +110,8 @@ def main() -> int:
 
     tmp = tempfile.mkdtemp(prefix="bench-writer-")
     settings = Settings.build(dict(secret_key=SECRET, clickhouse_dsn=f"chdb://{tmp}/data", spool_dir=f"{tmp}/spool",
-                                   database="bench", queue_size=max(n, 100_000)), environ={})
+                                   database="bench", queue_size=max(n, 100_000),
+                                   **({"max_batch_size": args.batch} if args.batch else {})), environ={})
     collector = Collector(settings)
     writer = collector.writer
     if not writer.probe():  # connect + migrate once, outside the timings; marks the store healthy

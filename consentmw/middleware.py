@@ -12,7 +12,7 @@ speak lifespan still work (the collector starts on the first request and drains 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Awaitable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -29,6 +29,9 @@ _CAPTURE_METHODS = frozenset({"GET", "HEAD"})
 _WANTS_CACHE_SIZE = 8192
 _COOKIE_CACHE_SIZE = 4096
 _MISSING: Any = object()
+#: request headers the middleware reads, and where each goes in its list of found values
+_HEADER_SLOTS = {b"cookie": 0, b"user-agent": 1, b"accept-language": 2, b"referer": 3, b"host": 4,
+                 b"x-forwarded-for": 5, b"forwarded": 5, b"sec-gpc": 6}
 
 
 class ConsentMiddleware:
@@ -73,23 +76,16 @@ class ConsentMiddleware:
             await self.api(scope, receive, send)
             return
 
-        cookie = user_agent = language = referrer = forwarded = host = b""
-        gpc = False
+        # One dict look-up per header (browsers send 10-20, most of no interest here).
+        found = [b"", b"", b"", b"", b"", b"", b""]
+        slot_of = _HEADER_SLOTS.get
         for key, value in scope["headers"]:
-            if key == b"cookie":
-                cookie = value if not cookie else cookie + b"; " + value
-            elif key == b"user-agent":
-                user_agent = value
-            elif key == b"accept-language":
-                language = value
-            elif key == b"referer":
-                referrer = value
-            elif key == b"host":
-                host = value
-            elif key == b"sec-gpc":
-                gpc = value == b"1"
-            elif key == b"x-forwarded-for" or key == b"forwarded":
-                forwarded = value
+            slot = slot_of(key)
+            if slot is not None:
+                if slot == 0 and found[0]:  # HTTP/2 may split cookies over several headers
+                    value = found[0] + b"; " + value
+                found[slot] = value
+        cookie, user_agent, language, referrer, host, forwarded, gpc_header = found
         # Browsers repeat the same Cookie header request after request: remember the consent
         # cookie found in it (bounded: 4096 headers of <= 1 KB), so it is not parsed every time.
         cookies = self._cookie_cache
@@ -101,7 +97,7 @@ class ConsentMiddleware:
                     cookies.clear()
                 cookies[cookie] = raw
         state: ConsentState = self.codec.decode(raw) or self.codec.default_state
-        if gpc:
+        if gpc_header == b"1":
             state = self.codec.apply_gpc(state)
         scope_state = scope.get("state")
         if scope_state is None:
@@ -121,10 +117,13 @@ class ConsentMiddleware:
         collector = self.collector
         status = 0
         is_html = False
+        ended = 0.0
 
-        async def send_capturing(message: Message) -> None:
-            nonlocal status, is_html
-            await send(message)
+        # A plain function returning the server's own awaitable: no coroutine of ours per
+        # message. It notes the status, whether the page is HTML, and when the app handed
+        # over its last body byte; the hit is queued once the app is done.
+        def send_capturing(message: Message) -> Awaitable[None]:
+            nonlocal status, is_html, ended
             if message["type"] == "http.response.start":
                 status = message["status"]
                 for hkey, hvalue in message.get("headers", ()):
@@ -133,17 +132,24 @@ class ConsentMiddleware:
                         break
             elif is_html and not message.get("more_body", False):
                 is_html = False  # one hit per response, even if the app misbehaves
+                ended = time.time()
+            return send(message)
+
+        if not collector.started:
+            collector.start()
+        try:
+            await self.app(scope, receive, send_capturing)
+        finally:
+            if ended:  # the whole page went out (even if the app failed afterwards)
                 client = scope.get("client")
+                query = scope.get("query_string")
                 collector.submit(Hit(
                     started, "pageview", host.decode("latin-1"), path, state.id or "",
                     state.policy_version, state.collecting, state.visitor_id,
                     client[0] if client else "", forwarded.decode("latin-1"),
                     user_agent.decode("latin-1"), language.decode("latin-1"),
-                    referrer.decode("latin-1"), campaign_params(scope.get("query_string", b"")),
-                    status, int((time.time() - started) * 1000)))
-
-        collector.ensure_started()
-        await self.app(scope, receive, send_capturing)
+                    referrer.decode("latin-1"), campaign_params(query) if query else None,
+                    status, int((ended - started) * 1000)))
 
     def _wanted(self, path: str) -> bool:
         """`_wants`, remembered per path (bounded): sites serve the same paths again and again."""

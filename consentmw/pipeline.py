@@ -78,7 +78,8 @@ class Collector:
                              batch_size=settings.batch_size, max_batch_size=settings.max_batch_size,
                              flush_interval=settings.flush_interval,
                              queue_size=settings.queue_size)
-        self._started = False
+        #: True while the writer threads run (read on every request; `start` sets it under a lock)
+        self.started = False
         self._start_lock = threading.Lock()
         self._atexit = False
         _LIVE.add(self)
@@ -98,16 +99,16 @@ class Collector:
 
     # -- lifecycle ------------------------------------------------------------
     def ensure_started(self) -> None:
-        if not self._started:
+        if not self.started:
             self.start()
 
     def start(self) -> None:
         """Start the writer threads. Never blocks on the store: connecting, migrating and
         replaying what an earlier process left in the spool happen on the replay thread."""
         with self._start_lock:
-            if self._started:
+            if self.started:
                 return
-            self._started = True
+            self.started = True
             self.writer.start()
             if not self._atexit:
                 # Servers that send no lifespan events: drain when the interpreter exits.
@@ -122,9 +123,9 @@ class Collector:
         if not self._start_lock.acquire(blocking):
             return
         try:
-            if not self._started and not (self.writer.queue or self.writer.overflow):
+            if not self.started and not (self.writer.queue or self.writer.overflow):
                 return
-            self._started = False
+            self.started = False
             self.writer.stop(self.settings.shutdown_timeout if timeout is None else timeout)
             if self.stats.last_error and not self.stats.sink_healthy:
                 log.warning("consentmw: stopped with the store unavailable (%s); %d bytes wait in the spool "
@@ -165,7 +166,7 @@ class Collector:
         spool = self.spool
         stats = self.stats.as_dict()
         return {
-            "status": "ok" if stats["sink_healthy"] else ("spooling" if self._started else "stopped"),
+            "status": "ok" if stats["sink_healthy"] else ("spooling" if self.started else "stopped"),
             "queue_depth": len(self.writer.queue),
             "queue_capacity": self.writer.queue_size,
             "overflow_depth": len(self.writer.overflow),

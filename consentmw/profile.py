@@ -18,6 +18,7 @@ import asyncio
 import datetime as dt
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from .store.views import PROFILE_READ, PROFILE_TABLE, profile_purpose
@@ -97,10 +98,12 @@ class ProfileService:
         self.loads = 0
 
     def bind(self, state: "ConsentState") -> Callable[[], Awaitable[Profile | None]]:
-        """A no-argument coroutine function for one request (what the middleware puts in scope)."""
-        async def profile() -> Profile | None:
-            return await self.get(state)
-        return profile
+        """A no-argument coroutine function for one request (what the middleware puts in scope).
+
+        A `partial` (built in C), since the middleware binds one for every request of a
+        visitor with a stable id, whether or not the page asks for the profile.
+        """
+        return partial(self.get, state)
 
     def forget(self, visitor_id: str | None) -> None:
         if visitor_id:

@@ -313,6 +313,41 @@ def test_collects_only_html_pages_with_consent(make_app: Factory, ch: Any, datab
     assert count(ch, database, "events_personalisation") == 0  # not granted
 
 
+def streamed_page(chunks: int, pause: float, fail_after: int | None = None) -> Any:
+    """A raw ASGI app sending an HTML page in `chunks` parts, `pause` seconds apart, and
+    raising after `fail_after` parts when that is set."""
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/html; charset=utf-8")]})
+        for i in range(chunks):
+            if fail_after is not None and i == fail_after:
+                raise RuntimeError("the app failed")
+            await asyncio.sleep(pause)
+            await send({"type": "http.response.body", "body": b"<p>part</p>", "more_body": i < chunks - 1})
+        if fail_after == chunks:
+            raise RuntimeError("the app failed after the page went out")
+    return app
+
+
+@pytest.mark.parametrize("fail_after, captured", [(None, True), (1, False), (3, True)])
+def test_a_page_is_captured_once_its_last_byte_went_out(offline: Factory, fail_after: int | None,
+                                                        captured: bool) -> None:
+    """One hit per streamed page, timed to its last body byte; none when the page never
+    finished; kept when the app fails only after the whole page was sent."""
+    mw = offline(streamed_page(3, 0.05, fail_after))
+    hits: list[Any] = []
+    mw.collector.submit = hits.append  # type: ignore[method-assign]
+    try:
+        req(mw, "GET", "/streamed?utm_source=news&secret=1", cookies=cookie_for(mw, ["statistics"]))
+    except RuntimeError:
+        assert fail_after is not None
+    assert len(hits) == (1 if captured else 0)
+    if captured:
+        hit = hits[0]
+        assert hit.path == "/streamed" and hit.status == 200 and hit.campaign == {"utm_source": "news"}
+        assert 150 <= hit.duration_ms < 2000  # three 50 ms pauses before the last byte
+
+
 def test_collect_false_captures_nothing(offline: Factory) -> None:
     mw = offline(collect=False)
     r = req(mw, "GET", "/", cookies=cookie_for(mw, ["statistics"]))
