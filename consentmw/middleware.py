@@ -143,12 +143,11 @@ class ConsentMiddleware:
             if ended:  # the whole page went out (even if the app failed afterwards)
                 client = scope.get("client")
                 query = scope.get("query_string")
+                # Header values stay bytes: the writer decodes each distinct value once.
                 collector.submit(Hit(
-                    started, "pageview", host.decode("latin-1"), path, state.id or "",
-                    state.policy_version, state.collecting, state.visitor_id,
-                    client[0] if client else "", forwarded.decode("latin-1"),
-                    user_agent.decode("latin-1"), language.decode("latin-1"),
-                    referrer.decode("latin-1"), campaign_params(query) if query else None,
+                    started, "pageview", host, path, state.id or "", state.policy_version,
+                    state.collecting, state.visitor_id, client[0] if client else "", forwarded,
+                    user_agent, language, referrer, campaign_params(query) if query else None,
                     status, int((ended - started) * 1000)))
 
     def _wanted(self, path: str) -> bool:

@@ -41,8 +41,22 @@ class HitColumns:
     def array(self, name: str, kind: pa.DataType | None = None) -> pa.Array:
         found = self._arrays.get(name)
         if found is None:
-            found = self._arrays[name] = pa.array(self.objects(name), type=kind)
+            found = self._arrays[name] = _array(self.objects(name), kind)
         return found
+
+
+def _array(values: list[Any], kind: pa.DataType | None) -> pa.Array:
+    """Values as an Arrow array; for text, raw header bytes are read as UTF-8.
+
+    Arrow takes str and valid UTF-8 bytes alike without a Python step per value; only a
+    batch holding invalid bytes pays for decoding them one by one (with replacement).
+    """
+    try:
+        return pa.array(values, type=kind)
+    except pa.ArrowInvalid:
+        if kind != pa.string():
+            raise
+        return pa.array([v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in values], type=kind)
 
 
 class Selection:

@@ -22,19 +22,21 @@ _KEEP = CAMPAIGN_PARAMS | CLICK_ID_PARAMS
 class Hit:
     """One event as captured: a server-side page view or one beacon event."""
 
+    # Header values may be the raw bytes (the request path does not decode them; the writer
+    # reads them as UTF-8, invalid bytes replaced) or text.
     ts: float                       # unix seconds when the request started
     event_type: str                 # pageview | timing | vitals | click | custom
-    site: str                       # host the visitor asked for
+    site: str | bytes               # Host header: the host the visitor asked for
     path: str
     consent_id: str
     policy_version: str
     purposes: frozenset[str]        # granted purposes that collect data
     visitor_id: str | None          # only when a granted purpose keeps one
     peer_ip: str                    # the socket peer
-    forwarded_for: str              # X-Forwarded-For / Forwarded, resolved later against trusted proxies
-    user_agent: str
-    language: str                   # Accept-Language as sent
-    referrer: str
+    forwarded_for: str | bytes      # X-Forwarded-For / Forwarded, resolved later against trusted proxies
+    user_agent: str | bytes
+    language: str | bytes           # Accept-Language as sent
+    referrer: str | bytes
     campaign: dict[str, str] | None = None  # only CAMPAIGN_PARAMS / CLICK_ID_PARAMS
     status: int = 0
     duration_ms: int = 0

@@ -45,7 +45,7 @@ def expected_tables(policy: Policy, enricher: Enricher, hits: list[Hit], blocked
         category = EVENT_CATEGORY.get(hit.event_type, "page")
         purposes = [p for p in policy.collecting if p.id in hit.purposes and category in p.categories]
         purposes.sort(key=lambda p: p.id)
-        if not purposes or hit.consent_id in blocked or enricher.agent(hit.user_agent).is_bot:
+        if not purposes or hit.consent_id in blocked or enricher.agent(text(hit.user_agent)).is_bot:
             continue
         for purpose in purposes:
             row = expected_row(hit, purpose, enricher)
@@ -55,14 +55,20 @@ def expected_tables(policy: Policy, enricher: Enricher, hits: list[Hit], blocked
     return out
 
 
+def text(value: str | bytes) -> str:
+    """A header value as the writer reads it: raw bytes as UTF-8, invalid bytes replaced."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
 def expected_row(hit: Hit, purpose: Any, enricher: Enricher) -> dict[str, Any]:
     data = hit.data or {}
-    site = hit.site.split(":", 1)[0].lower()[:255]
-    client_ip = enricher.client_ip(hit.peer_ip, hit.forwarded_for)
-    agent = enricher.agent(hit.user_agent)
+    site = text(hit.site).split(":", 1)[0].lower()[:255]
+    user_agent = text(hit.user_agent)
+    client_ip = enricher.client_ip(hit.peer_ip, text(hit.forwarded_for))
+    agent = enricher.agent(user_agent)
     campaign = hit.campaign or {}
     pageview = hit.event_type == "pageview"
-    ref = enricher.referrer(data.get("referrer", hit.referrer) if pageview else "", site)
+    ref = enricher.referrer(data.get("referrer", text(hit.referrer)) if pageview else "", site)
     place = enricher.place(client_ip)
     keeps_id = "visitor_id" in purpose.categories
     return {
@@ -75,7 +81,7 @@ def expected_row(hit: Hit, purpose: Any, enricher: Enricher) -> dict[str, Any]:
         "click_id_type": next((k for k in campaign if k in CLICK_ID_PARAMS), ""),
         "referrer_host": ref.host, "referrer_source": ref.source, "referrer": ref.url,
         "browser": agent.browser, "browser_version": agent.browser_version, "os": agent.os,
-        "os_version": agent.os_version, "device": agent.device, "language": language_tag(hit.language),
+        "os_version": agent.os_version, "device": agent.device, "language": language_tag(text(hit.language)),
         "country": place[0], "region": place[1], "city": place[2],
         "ip": masked_ip16(client_ip, purpose.ip_mask_bytes, purpose.ipv6_prefix),
         "duration_ms": hit.duration_ms if pageview and not data else None,
@@ -85,7 +91,7 @@ def expected_row(hit: Hit, purpose: Any, enricher: Enricher) -> dict[str, Any]:
         "link_host": data.get("link_host", ""), "link_path": data.get("link_path", ""),
         "event_name": data.get("name", ""), "props": data.get("props") or {},
         "visitor_id": hit.visitor_id or "",
-        "visitor_hash": enricher.visitor_hash(hit.ts, site, client_ip, hit.user_agent),
+        "visitor_hash": enricher.visitor_hash(hit.ts, site, client_ip, user_agent),
     }
 
 
@@ -123,19 +129,24 @@ payload_st = st.one_of(
 @st.composite
 def hit_st(draw: Any) -> Hit:
     data = draw(payload_st)
+    # The request path hands header values over as raw bytes (sometimes not UTF-8), the
+    # beacon endpoint as text.
+    header = (lambda v: v) if draw(st.booleans()) else (lambda v: v.encode() + draw(st.sampled_from([b"", b"\xff"])))
     return Hit(
         ts=draw(st.sampled_from([DAY + 0.125, DAY + 86399.999, DAY + 86400 + 5.5, DAY + 400.001])),
         event_type=data["type"] if data else "pageview",
-        site=draw(st.sampled_from(["www.Example.com:8000", "www.example.com", "site.test", "x" * 300])),
+        site=header(draw(st.sampled_from(["www.Example.com:8000", "www.example.com", "site.test", "x" * 300]))),
         path=draw(st.one_of(st.sampled_from(["/", "/a", "/é" * 600]), st.text(max_size=20))),
         consent_id=draw(st.sampled_from(["c1", "c2", "c3", "blocked-one"])), policy_version="prop-1",
         purposes=frozenset(draw(st.lists(st.sampled_from(PURPOSE_IDS + ("necessary", "unknown")), max_size=4))),
         visitor_id=draw(st.sampled_from([None, "", "v1", "v2"])),
         peer_ip=draw(st.sampled_from(["127.0.0.1", "203.0.113.9", "2001:db8:1:2:3::1", "garbage", ""])),
-        forwarded_for=draw(st.sampled_from(["", "203.0.113.5", "198.51.100.1, 10.0.0.1", "for=192.0.2.60", "x"])),
-        user_agent=draw(st.sampled_from(AGENTS)),
-        language=draw(st.sampled_from(["", "en-US,en;q=0.9", "kk", "*", "ru-RU;q=1"])),
-        referrer=draw(st.sampled_from(["", "https://www.google.com/?q=x", "https://site.test/a", "android-app://x"])),
+        forwarded_for=header(draw(st.sampled_from(["", "203.0.113.5", "198.51.100.1, 10.0.0.1", "for=192.0.2.60",
+                                                   "x"]))),
+        user_agent=header(draw(st.sampled_from(AGENTS))),
+        language=header(draw(st.sampled_from(["", "en-US,en;q=0.9", "kk", "*", "ru-RU;q=1"]))),
+        referrer=header(draw(st.sampled_from(["", "https://www.google.com/?q=x", "https://site.test/a",
+                                              "android-app://x"]))),
         campaign=draw(st.one_of(st.none(), st.dictionaries(
             st.sampled_from(["utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content", "ref", "gclid",
                              "fbclid"]), st.text(max_size=4), min_size=1, max_size=4))),
@@ -218,3 +229,16 @@ def test_the_same_referrer_is_judged_against_each_hits_own_site() -> None:
     table = minimiser.process(hits)["events_statistics"]
     assert table["referrer_host"].to_pylist() == ["site.test", "", "", "site.test"]
     assert table["site"].to_pylist() == ["example.com", "site.test", "www.site.test", "example.com"]
+
+
+def test_raw_header_bytes_are_read_as_utf8_and_bad_bytes_never_cost_the_batch() -> None:
+    policy = Policy.default()
+    minimiser = Minimiser(policy, Enricher([], None, proof_key("s")))
+    ua = AGENTS[2].encode()
+    hits = [Hit(DAY, "pageview", host, "/", "c1", policy.version, frozenset({"personalisation"}), "v1",
+                "203.0.113.9", b"", ua, lang, b"", None, 200, 5)
+            for host, lang in ((b"caf\xc3\xa9.example", b"fr-FR"), (b"bad\xff.example", b"de\xfe"))]
+    table = minimiser.process(hits)["events_personalisation"]
+    assert table["site"].to_pylist() == ["café.example", "bad\ufffd.example"]
+    assert table["language"].to_pylist() == ["fr-fr", ""]  # a replaced byte is no language tag
+    assert table["browser"].to_pylist() == ["Firefox", "Firefox"]
