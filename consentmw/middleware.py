@@ -109,7 +109,8 @@ class ConsentMiddleware:
             scope_state["consent_profile"] = self._bind_profile(state)
 
         if (not state.collecting or not self._collect or kind != "http"
-                or scope["method"] not in _CAPTURE_METHODS or not self._wanted(path)):
+                or scope["method"] not in _CAPTURE_METHODS
+                or not (self._wants_cache.get(path) or self._wanted(path))):
             await self.app(scope, receive, send)
             return
 
