@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response
 from .api import ConsentAPI
 from .collect.beacon import BODY_LIMIT, BeaconError, validate_batch
 from .collect.hit import Hit
-from .http import HTTPProblem, check_same_origin, header, parse_json, read_body
+from .http import HTTPProblem, check_same_origin, header, header_bytes, parse_json, read_body
 from .ratelimit import TokenBuckets
 
 _TYPES = ("application/json", "text/plain")
@@ -44,9 +44,10 @@ def register(api: ConsentAPI) -> None:
         if not state.collecting:
             return Response(status_code=204, headers={"Cache-Control": "no-store"})
         now = time.time()
-        site = header(scope, b"host") or ""
-        ua = header(scope, b"user-agent") or ""
-        lang = header(scope, b"accept-language") or ""
+        # Raw bytes, as the page path keeps them: both are decoded alike on the writer thread.
+        site = header_bytes(scope, b"host")
+        ua = header_bytes(scope, b"user-agent")
+        lang = header_bytes(scope, b"accept-language")
         for event in events:
             collector.submit(Hit(now, event["type"], site, event["path"], state.id or "", state.policy_version,
                                  state.collecting, state.visitor_id, peer, forwarded, ua, lang, "", None,

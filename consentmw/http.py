@@ -33,6 +33,14 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def header_bytes(scope: Scope, name: bytes) -> bytes:
+    """The first value of a header as sent (b"" when absent): what a hit keeps for the writer."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return b""
+
+
 def cookie_value(raw: bytes | None, name: bytes) -> str | None:
     """Find one cookie in a Cookie header without parsing all of them."""
     if not raw:

@@ -190,6 +190,24 @@ async def test_bots_are_not_stored(make_app: Any, ch: Any, database: str) -> Non
     assert mw.collector.minimiser.counts.bots == 2
 
 
+async def test_page_and_beacon_read_non_ascii_headers_alike(make_app: Any, ch: Any, database: str) -> None:
+    """A page view and a beacon event from one browser whose User-Agent carries UTF-8 bytes
+    are stored with the same text and the same daily visitor code."""
+    mw = make_app()
+    agent = BROWSER_UA.encode() + " Сайт/1.0".encode()
+    async with client(mw) as c:
+        await choose(c, {"granted": ["statistics"]})
+        await c.get("/articles/u", headers={"user-agent": agent})
+        r = await c.post("/_consent/collect", headers={"user-agent": agent},
+                         json={"events": [{"type": "timing", "path": "/articles/u", "ttfb": 12}]})
+        assert r.status_code == 202, r.text
+    mw.collector.flush()
+    stored = {r["event_type"]: r for r in rows(ch, database, "events_statistics")}
+    assert set(stored) == {"pageview", "timing"}
+    assert stored["pageview"]["visitor_hash"] == stored["timing"]["visitor_hash"] != 0
+    assert stored["pageview"]["browser"] == stored["timing"]["browser"] == "Chrome"
+
+
 async def test_forwarded_for_is_used_only_from_trusted_proxies(tmp_path: Path, make_app: Any, ch: Any,
                                                                 database: str) -> None:
     mw = make_app(geoip_db=str(make_mmdb(tmp_path / "geo.mmdb")), trusted_proxies=["10.0.0.0/8"])
