@@ -12,6 +12,7 @@ speak lifespan still work (the collector starts on the first request and drains 
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any, Awaitable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -50,7 +51,8 @@ class ConsentMiddleware:
         from .routes import register_all  # the beacon, rights and operator endpoints
         register_all(self.api)
         profiles = getattr(self.api, "profiles", None)
-        self._bind_profile = profiles.bind if profiles is not None else None
+        #: the profile look-up bound per request (as `profiles.bind` does, minus a call)
+        self._profile_of = profiles.get if profiles is not None else None
         prefix = self.settings.prefix
         self._prefix_slash = prefix + "/"
         self._prefix = prefix
@@ -104,9 +106,9 @@ class ConsentMiddleware:
             scope_state = scope["state"] = {"consent": state}
         else:
             scope_state["consent"] = state
-        if state.visitor_id is not None and self._bind_profile is not None:
+        if state.visitor_id is not None and self._profile_of is not None:
             # `await request.state.consent_profile()`: only visitors with a stable id have one.
-            scope_state["consent_profile"] = self._bind_profile(state)
+            scope_state["consent_profile"] = partial(self._profile_of, state)
 
         if (not state.collecting or not self._collect or kind != "http"
                 or scope["method"] not in _CAPTURE_METHODS

@@ -18,8 +18,7 @@ import asyncio
 import datetime as dt
 import time
 from dataclasses import asdict, dataclass, field
-from functools import partial
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from .store.views import PROFILE_READ, PROFILE_TABLE, profile_purpose
 
@@ -96,14 +95,6 @@ class ProfileService:
         self.max_entries = max_entries
         self._cache: dict[str, tuple[float, Profile]] = {}  # visitor id -> (loaded at, profile)
         self.loads = 0
-
-    def bind(self, state: "ConsentState") -> Callable[[], Awaitable[Profile | None]]:
-        """A no-argument coroutine function for one request (what the middleware puts in scope).
-
-        A `partial` (built in C), since the middleware binds one for every request of a
-        visitor with a stable id, whether or not the page asks for the profile.
-        """
-        return partial(self.get, state)
 
     def forget(self, visitor_id: str | None) -> None:
         if visitor_id:
