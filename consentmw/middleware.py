@@ -51,7 +51,7 @@ class ConsentMiddleware:
         from .routes import register_all  # the beacon, rights and operator endpoints
         register_all(self.api)
         profiles = getattr(self.api, "profiles", None)
-        #: the profile look-up bound per request (as `profiles.bind` does, minus a call)
+        #: the profile look-up, bound to each request's consent state with functools.partial
         self._profile_of = profiles.get if profiles is not None else None
         prefix = self.settings.prefix
         self._prefix_slash = prefix + "/"
