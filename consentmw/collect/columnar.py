@@ -29,6 +29,7 @@ class HitColumns:
         self.size = len(hits)
         self._objects: dict[str, list[Any]] = {}
         self._arrays: dict[str, pa.Array] = {}
+        self._numbers: dict[str, np.ndarray] = {}
         #: facts worked out once for the whole batch and shared by every table (parsed user agents)
         self.shared: dict[str, Any] = {}
 
@@ -42,6 +43,12 @@ class HitColumns:
         found = self._arrays.get(name)
         if found is None:
             found = self._arrays[name] = _array(self.objects(name), kind)
+        return found
+
+    def numbers(self, name: str, dtype: Any) -> np.ndarray:
+        found = self._numbers.get(name)
+        if found is None:
+            found = self._numbers[name] = np.fromiter(self.objects(name), dtype=dtype, count=self.size)
         return found
 
 
@@ -70,42 +77,32 @@ class Selection:
         self._memo: dict[Any, Any] = {}
         self._indices = pa.array(rows)
 
-    def array(self, name: str, kind: pa.DataType | None = None) -> pa.Array:
-        """A raw attribute as an Arrow array over the selected rows."""
-        key = ("array", name)
+    def memo(self, key: Any, compute: Callable[[], Any]) -> Any:
         found = self._memo.get(key)
         if found is None:
-            whole = self.batch.array(name, kind)
-            found = self._memo[key] = whole if self._everything else whole.take(self._indices)
+            found = self._memo[key] = compute()
         return found
 
+    def array(self, name: str, kind: pa.DataType | None = None) -> pa.Array:
+        """A raw attribute as an Arrow array over the selected rows."""
+        whole = self.batch.array(name, kind)
+        return whole if self._everything else self.memo(("array", name), lambda: whole.take(self._indices))
+
     def numbers(self, name: str, dtype: Any) -> np.ndarray:
-        key = ("numbers", name)
-        found = self._memo.get(key)
-        if found is None:
-            whole = np.fromiter(self.batch.objects(name), dtype=dtype, count=self.batch.size)
-            found = self._memo[key] = whole if self._everything else whole[self.rows]
-        return found
+        whole = self.batch.numbers(name, dtype)
+        return whole if self._everything else self.memo(("numbers", name), lambda: whole[self.rows])
 
     def present(self, name: str) -> tuple[np.ndarray, list[Any]]:
         """The selected rows whose attribute is truthy (positions in this selection) and its values.
 
         For attributes most hits leave empty (campaign tags, beacon payloads).
         """
-        key = ("present", name)
-        found = self._memo.get(key)
-        if found is None:
+        def compute() -> tuple[np.ndarray, list[Any]]:
             values = self.batch.objects(name)
             rows = range(self.batch.size) if self._everything else self.rows.tolist()
             positions = [i for i, row in enumerate(rows) if values[row]]
-            found = self._memo[key] = (np.array(positions, dtype=np.int64), [values[rows[i]] for i in positions])
-        return found
-
-    def memo(self, key: Any, compute: Callable[[], Any]) -> Any:
-        found = self._memo.get(key)
-        if found is None:
-            found = self._memo[key] = compute()
-        return found
+            return np.array(positions, dtype=np.int64), [values[rows[i]] for i in positions]
+        return self.memo(("present", name), compute)
 
 
 def encode(values: pa.Array) -> tuple[Codes, list[Any]]:

@@ -53,11 +53,12 @@ def _utm(campaign: dict[str, str], name: str) -> str:
 class TableColumns:
     """The columns of one purpose's table over the hits selected for it."""
 
-    def __init__(self, rows: Selection, purpose: Purpose, enricher: Enricher, keeps_id: bool) -> None:
+    def __init__(self, rows: Selection, purpose: Purpose, enricher: Enricher) -> None:
         self.rows = rows
         self.purpose = purpose
         self.enricher = enricher
-        self.keeps_id = keeps_id
+        #: purposes holding a stable visitor id may hold the consent id too; others get a proof
+        self.keeps_id = "visitor_id" in purpose.categories
         self._built: dict[str, pa.Array] = {}
 
     def column(self, name: str) -> pa.Array:

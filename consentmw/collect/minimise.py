@@ -43,12 +43,10 @@ class Plan:
     table: str
     columns: tuple[Column, ...]
     names: tuple[str, ...] = field(init=False)
-    keeps_id: bool = field(init=False)
     schema: pa.Schema = field(init=False)
 
     def __post_init__(self) -> None:
         self.names = tuple(c.name for c in self.columns)
-        self.keeps_id = "visitor_id" in self.purpose.categories
         self.schema = arrow_schema(self.columns)
         missing = [n for n in self.names if not buildable(n)]
         if missing:
@@ -121,7 +119,7 @@ class Minimiser:
             takes = np.array([plan in plans for plans in plans_of])[route] & stored
             rows = np.flatnonzero(takes)
             if len(rows):
-                columns = TableColumns(Selection(batch, rows), plan.purpose, self.enricher, plan.keeps_id)
+                columns = TableColumns(Selection(batch, rows), plan.purpose, self.enricher)
                 tables[plan.table] = pa.Table.from_arrays([columns.column(n) for n in plan.names], schema=plan.schema)
                 self.counts.rows += len(rows)
         return tables
