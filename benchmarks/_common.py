@@ -144,8 +144,8 @@ def stop_server(proc: subprocess.Popen[Any], timeout: float = 60.0) -> int:
 
 def consent_cookie(granted: Iterable[str] | None = None) -> str:
     """A valid signed consent cookie value (all optional purposes unless told otherwise)."""
-    from consentmw.consent import ConsentCodec, new_id
-    from consentmw.policy import Policy
+    from consentmw.core.consent import ConsentCodec, new_id
+    from consentmw.core.policy import Policy
 
     policy = Policy.default()
     codec = ConsentCodec(SECRET, policy)

@@ -1,7 +1,7 @@
 """Banner size: gzip -9 bytes of our banner + CSS + beacon + English texts beside the npm anchors.
 
 Ours: static/banner.js, static/banner.css, static/beacon.js, each as source and as served
-(consentmw.assets strips comments and whitespace and embeds the banner's config), plus every
+(consentmw.web.assets strips comments and whitespace and embeds the banner's config), plus every
 English string the banner can show (policy texts, purposes, data categories) as JSON, the
 way /_consent/state delivers them. Anchors are installed by `npm install --prefix <tmp>`
 into a temporary directory (skipped with --quick or --no-npm):
@@ -49,11 +49,11 @@ def gz(data: bytes) -> int:
 
 def english_texts_json() -> bytes:
     """Every English string the banner can show, as JSON."""
-    from consentmw.policy import Policy
+    from consentmw.core.policy import Policy
 
     policy = Policy.default()
     try:
-        from consentmw.assets import english_texts
+        from consentmw.web.assets import english_texts
         texts: Any = english_texts(policy)
     except ImportError:
         public = policy.public(("en",))
@@ -65,8 +65,8 @@ def english_texts_json() -> bytes:
 def served_assets() -> dict[str, bytes]:
     """Our three files exactly as served (stripped, config embedded), if the assets module builds them."""
     try:
-        from consentmw.assets import build_assets
-        from consentmw.policy import Policy
+        from consentmw.web.assets import build_assets
+        from consentmw.core.policy import Policy
 
         return {name: asset.body for name, asset in build_assets(Policy.default()).items()}
     except Exception:  # noqa: BLE001 - files missing or being written: report source sizes only

@@ -28,7 +28,7 @@ from benchmarks._common import BROWSER_UA, SECRET, Table, emit, free_port, media
 def child(rate: float, duration: float) -> dict[str, Any]:
     from consentmw.collect.hit import Hit
     from consentmw.pipeline import Collector
-    from consentmw.settings import Settings
+    from consentmw.core.settings import Settings
 
     tmp = tempfile.mkdtemp(prefix="bench-overload-")
     closed = free_port()  # nothing listens there: connection refused

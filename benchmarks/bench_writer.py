@@ -106,7 +106,7 @@ def main() -> int:
 
     from consentmw.collect.useragent import parse_agent
     from consentmw.pipeline import Collector
-    from consentmw.settings import Settings
+    from consentmw.core.settings import Settings
 
     tmp = tempfile.mkdtemp(prefix="bench-writer-")
     settings = Settings.build(dict(secret_key=SECRET, clickhouse_dsn=f"chdb://{tmp}/data", spool_dir=f"{tmp}/spool",

@@ -6,10 +6,10 @@
 In a handler, `request.state.consent.allows("statistics")`.
 """
 
-from .consent import COOKIE_NAME, ConsentState
-from .middleware import ConsentMiddleware
-from .policy import CATEGORIES, Policy, PolicyError, Purpose
-from .settings import Settings, SettingsError
+from consentmw.core.consent import COOKIE_NAME, ConsentState
+from consentmw.middleware import ConsentMiddleware
+from consentmw.core.policy import CATEGORIES, Policy, PolicyError, Purpose
+from consentmw.core.settings import Settings, SettingsError
 
 __all__ = ["CATEGORIES", "COOKIE_NAME", "ConsentMiddleware", "ConsentState", "Policy", "PolicyError",
            "Purpose", "Settings", "SettingsError", "consent_of"]

@@ -1,3 +1,3 @@
-from .cli import main
+from consentmw.cli import main
 
 raise SystemExit(main())

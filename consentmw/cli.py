@@ -26,14 +26,14 @@ def _add_store_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import main as demo_main
+    from consentmw.demo import main as demo_main
 
     demo_main(host=args.host, port=args.port, data_dir=args.data_dir)
     return 0
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from .ops import open_sink
+    from consentmw.ops import open_sink
 
     sink = open_sink(args)
     sink.client()
@@ -76,7 +76,7 @@ class Progress:
 
 
 def _visitor_id(value: str) -> str:
-    from .rights import valid_id
+    from consentmw.rights import valid_id
 
     if not valid_id(value):
         raise CLIError(f"--visitor {value[:70]!r} is not a consent id or visitor id (4-64 characters: A-Z a-z 0-9 _ -)")
@@ -84,8 +84,8 @@ def _visitor_id(value: str) -> str:
 
 
 def _rights(args: argparse.Namespace, secret: str = "") -> Any:
-    from .ops import open_sink
-    from .rights import Rights
+    from consentmw.ops import open_sink
+    from consentmw.rights import Rights
 
     sink = open_sink(args)
     sink.client()
@@ -93,8 +93,8 @@ def _rights(args: argparse.Namespace, secret: str = "") -> Any:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .ops import open_sink
-    from .report import build
+    from consentmw.ops import open_sink
+    from consentmw.dashboard.report import build
 
     if not 1 <= args.days <= 3660:
         raise CLIError("--days must be between 1 and 3660")
@@ -144,8 +144,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_prove(args: argparse.Namespace) -> int:
-    from .ops import open_sink
-    from .proof import prove
+    from consentmw.ops import open_sink
+    from consentmw.rights.proof import prove
 
     secrets = [k.strip() for k in (os.environ.get("CONSENTMW_SECRET_KEY") or "").split(",") if k.strip()]
     if not secrets:
@@ -177,7 +177,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing erased", file=sys.stderr)
             return 1
-    from .rights import RightsError
+    from consentmw.rights import RightsError
 
     try:
         receipt = rights.erase(subject, requested_by="operator:cli")
@@ -195,10 +195,10 @@ def cmd_erase(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from .ops import open_sink
-    from .store.sink import SinkError
-    from .store.spool import Spool
-    from .store.writer import decode_ipc
+    from consentmw.ops import open_sink
+    from consentmw.store.sink import SinkError
+    from consentmw.store.spool import Spool
+    from consentmw.store.writer import decode_ipc
 
     directory = args.spool or os.environ.get("CONSENTMW_SPOOL_DIR") or "./consentmw-spool"
     if not os.path.isdir(directory):
@@ -324,9 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # noqa: BLE001 - one line, never a traceback, for known failure kinds
-        from .policy import PolicyError
-        from .settings import SettingsError
-        from .store.sink import SinkError
+        from consentmw.core.policy import PolicyError
+        from consentmw.core.settings import SettingsError
+        from consentmw.store.sink import SinkError
 
         if isinstance(exc, (PolicyError, SettingsError, SinkError, ValueError, OSError)):
             print(f"consentmw: {exc}", file=sys.stderr)

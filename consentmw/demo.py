@@ -20,8 +20,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from .middleware import ConsentMiddleware
-from .profile import get_profile
+from consentmw.middleware import ConsentMiddleware
+from consentmw.rights.profile import get_profile
 
 # A fixed secret is fine for a demo that runs on localhost only. A real site must use its
 # own long random secret (CONSENTMW_SECRET_KEY), or anyone could forge consent cookies.

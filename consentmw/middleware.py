@@ -17,13 +17,13 @@ from typing import Any, Awaitable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .api import ConsentAPI
-from .collect.hit import Hit, campaign_params
-from .consent import COOKIE_NAME, ConsentCodec, ConsentState
-from .http import cookie_value
-from .pipeline import Collector
-from .settings import Settings
-from .store.sink import StoreLockedError
+from consentmw.web.api import ConsentAPI
+from consentmw.collect.hit import Hit, campaign_params
+from consentmw.core.consent import COOKIE_NAME, ConsentCodec, ConsentState
+from consentmw.web.http import cookie_value
+from consentmw.pipeline import Collector
+from consentmw.core.settings import Settings
+from consentmw.store.sink import StoreLockedError
 
 _COOKIE = COOKIE_NAME.encode()
 _CAPTURE_METHODS = frozenset({"GET", "HEAD"})
@@ -48,7 +48,7 @@ class ConsentMiddleware:
         self.codec = ConsentCodec(self.settings.secret_key, self.policy, max_age=self.settings.cookie_max_age)
         self.collector = collector or Collector.from_settings(self.settings)
         self.api = ConsentAPI(self.settings, self.codec, self.collector)
-        from .routes import register_all  # the beacon, rights and operator endpoints
+        from consentmw.web.routes import register_all  # the beacon, rights and operator endpoints
         register_all(self.api)
         profiles = getattr(self.api, "profiles", None)
         #: the profile look-up, bound to each request's consent state with functools.partial

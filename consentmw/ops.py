@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 
-from .policy import Policy
-from .settings import DEFAULT_DSN
-from .store.schema import Schema
-from .store.sink import ClickHouseSink
+from consentmw.core.policy import Policy
+from consentmw.core.settings import DEFAULT_DSN
+from consentmw.store.schema import Schema
+from consentmw.store.sink import ClickHouseSink
 
 
 def load_policy(path: str | None) -> Policy:

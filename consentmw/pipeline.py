@@ -25,15 +25,15 @@ import threading
 import weakref
 from typing import Any
 
-from .collect.enrich import Enricher, proof_key
-from .collect.hit import Hit
-from .collect.minimise import Minimiser
-from .ledger import ConsentRecord
-from .settings import Settings
-from .store.schema import Schema
-from .store.sink import ClickHouseSink, SinkError, StoreLockedError
-from .store.spool import Spool
-from .store.writer import Stats, Writer
+from consentmw.collect.enrich import Enricher, proof_key
+from consentmw.collect.hit import Hit
+from consentmw.collect.minimise import Minimiser
+from consentmw.core.ledger import ConsentRecord
+from consentmw.core.settings import Settings
+from consentmw.store.schema import Schema
+from consentmw.store.sink import ClickHouseSink, SinkError, StoreLockedError
+from consentmw.store.spool import Spool
+from consentmw.store.writer import Stats, Writer
 
 log = logging.getLogger("consentmw")
 

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from consentmw import ConsentMiddleware
-from consentmw.policy import LANGUAGES
+from consentmw.core.policy import LANGUAGES
 from tests._asgi import OFFLINE_DSN, _quiet_writers, offline, client, cookie_attrs, req, run  # noqa: F401
 
 Factory = Callable[..., ConsentMiddleware]

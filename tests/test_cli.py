@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from consentmw.cli import Progress, main
-from consentmw.arrow import to_arrow
+from consentmw.core.arrow import to_arrow
 from consentmw.store.spool import Record, Spool
 from consentmw.store.writer import encode_ipc
 

@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from consentmw.consent import COOKIE_NAME
-from consentmw.fields import BY_NAME
+from consentmw.core.consent import COOKIE_NAME
+from consentmw.core.fields import BY_NAME
 
 from tests.collect.test_enrichment import make_mmdb
 from tests.conftest import BROWSER_UA

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consentmw.consent import (
+from consentmw.core.consent import (
     COOKIE_NAME, SOURCE_BANNER, SOURCE_DEFAULT, SOURCE_GPC, ConsentCodec, ConsentState, new_id,
 )
-from consentmw.policy import Policy
+from consentmw.core.policy import Policy
 
 KEY = "codec-secret-key-0123456789"
 OLD_KEY = "older-secret-key-9876543210"
@@ -328,7 +328,7 @@ def test_every_position_every_base64_char_rejected() -> None:
 
 
 def test_new_ids_never_look_like_command_line_options() -> None:
-    from consentmw.consent import new_id
+    from consentmw.core.consent import new_id
 
     ids = [new_id() for _ in range(5000)]
     assert all(len(i) == 16 and not i.startswith("-") for i in ids)

@@ -13,8 +13,8 @@ import httpx
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from consentmw import ConsentMiddleware, Policy
-from consentmw.fields import BY_NAME
-from consentmw.policy import CATEGORIES
+from consentmw.core.fields import BY_NAME
+from consentmw.core.policy import CATEGORIES
 from tests.conftest import BROWSER_UA, SECRET, site_app
 
 PURPOSE_IDS = ("alpha", "beta", "gamma")

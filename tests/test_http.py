@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from consentmw.http import HTTPProblem, parse_json
+from consentmw.web.http import HTTPProblem, parse_json
 
 
 @pytest.mark.parametrize("body,reason", [

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from consentmw.policy import CATEGORIES, LANGUAGES, Policy, PolicyError, Purpose
+from consentmw.core.policy import CATEGORIES, LANGUAGES, Policy, PolicyError, Purpose
 
 DEFAULT = Policy.default()
 BANNER_KEYS = ("title", "body", "accept_all", "reject_all", "settings", "save", "close", "withdraw",
@@ -142,7 +142,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_default_file_loads_as_a_file(tmp_path: Path) -> None:
     from importlib import resources
-    text = resources.files("consentmw").joinpath("default_policy.toml").read_text("utf-8")
+    text = resources.files("consentmw.core").joinpath("default_policy.toml").read_text("utf-8")
     loaded = Policy.from_file(write(tmp_path, text))
     assert loaded == DEFAULT or (loaded.ids == DEFAULT.ids and loaded.version == DEFAULT.version)
     assert loaded.texts == DEFAULT.texts

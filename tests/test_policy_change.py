@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 
 from consentmw import Policy
-from consentmw.consent import COOKIE_NAME
-from consentmw.profile import Profile
+from consentmw.core.consent import COOKIE_NAME
+from consentmw.rights.profile import Profile
 from tests.conftest import BROWSER_UA
 
 ADMIN = "admin-token-0123456789"

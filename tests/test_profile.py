@@ -15,8 +15,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from consentmw.collect.hit import Hit
-from consentmw.consent import COOKIE_NAME
-from consentmw.profile import Profile, get_profile
+from consentmw.core.consent import COOKIE_NAME
+from consentmw.rights.profile import Profile, get_profile
 
 from tests.collect.test_enrichment import make_mmdb
 from tests.conftest import BROWSER_UA
@@ -135,7 +135,7 @@ async def test_profile_cost_per_call(make_app: Any, ch: Any, database: str) -> N
         "SELECT generateUUIDv4(), now64(3) - number * 7, 'site.test', 'pageview', concat('c', toString(number % 20000)), "
         "'v', concat('/s', toString(number % 7), '/p', toString(number % 97)), concat('v', toString(number % 20000)), "
         "'en', 'GB', 'London', 'desktop' FROM numbers(200000)")
-    from consentmw.consent import ConsentState
+    from consentmw.core.consent import ConsentState
 
     def state(i: int) -> ConsentState:
         return ConsentState(id=f"c{i}", granted=frozenset({"necessary", "personalisation"}),

@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from consentmw.proof import prove
+from consentmw.rights.proof import prove
 from tests.conftest import BROWSER_UA, SECRET
 
 

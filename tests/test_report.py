@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from consentmw.report import bars, build, columns, lines
+from consentmw.dashboard.report import bars, build, columns, lines
 
 from tests.test_views import seed_history, seed_today, site
 

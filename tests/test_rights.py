@@ -18,8 +18,8 @@ from starlette.routing import Route
 from consentmw.collect.enrich import Enricher
 from consentmw.collect.hit import Hit
 from consentmw.collect.minimise import Minimiser
-from consentmw.consent import COOKIE_NAME
-from consentmw.policy import Policy
+from consentmw.core.consent import COOKIE_NAME
+from consentmw.core.policy import Policy
 
 from tests.conftest import BROWSER_UA
 

@@ -16,8 +16,8 @@ from itsdangerous import TimestampSigner
 from prometheus_client.parser import text_string_to_metric_families
 
 from consentmw import ConsentMiddleware
-from consentmw.consent import ConsentCodec
-from consentmw.policy import Policy
+from consentmw.core.consent import ConsentCodec
+from consentmw.core.policy import Policy
 
 from tests.conftest import SECRET, site_app
 from tests.faults.helpers import asgi_call, beacon_headers, closed_port, events_body
@@ -138,7 +138,7 @@ def test_ten_thousand_mutated_cookies_are_all_refused() -> None:
         forged += mutations(value, 3500, rng)
     # Well-formed forgeries: right format, wrong keys, and signatures moved between cookies.
     for key in ("", "x", SECRET[:-1], SECRET + "x", SECRET.upper()):
-        signer = TimestampSigner(key or "k", salt="consentmw.consent")
+        signer = TimestampSigner(key or "k", salt="consentmw.core.consent")
         forged.append(signer.sign(originals[1].rsplit(".", 2)[0].replace("statistics", "marketing")).decode())
     p0, s0 = originals[0].split(".", 1)
     p1, s1 = originals[1].split(".", 1)

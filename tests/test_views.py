@@ -16,8 +16,8 @@ from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
 from consentmw.collect.hit import Hit
-from consentmw.consent import COOKIE_NAME
-from consentmw.ledger import ConsentRecord
+from consentmw.core.consent import COOKIE_NAME
+from consentmw.core.ledger import ConsentRecord
 
 from tests.conftest import BROWSER_UA
 

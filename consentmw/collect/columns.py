@@ -17,12 +17,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..arrow import arrow_type, map_array
-from ..fields import BY_NAME
-from ..policy import Purpose
-from .columnar import Selection, encode, fill, group, mask_of, spread, uuid4_array, where
-from .enrich import Enricher, language_tag
-from .hit import CLICK_ID_PARAMS
+from consentmw.core.arrow import arrow_type, map_array
+from consentmw.core.fields import BY_NAME
+from consentmw.core.policy import Purpose
+from consentmw.collect.columnar import Selection, encode, fill, group, mask_of, spread, uuid4_array, where
+from consentmw.collect.enrich import Enricher, language_tag
+from consentmw.collect.hit import CLICK_ID_PARAMS
 
 STRING = pa.string()
 _TIMESTAMP = pa.timestamp("ms", tz="UTC")

@@ -10,16 +10,16 @@ import hashlib
 import hmac
 from functools import lru_cache
 
-from .geo import GeoLocator, Place
-from .ip import TrustedProxies, masked_ip16
-from .salt import DailySalts
-from .useragent import Agent, parse_agent
-from .referrer import Referrer, parse_referrer
+from consentmw.collect.geo import GeoLocator, Place
+from consentmw.collect.ip import TrustedProxies, masked_ip16
+from consentmw.collect.salt import DailySalts
+from consentmw.collect.useragent import Agent, parse_agent
+from consentmw.collect.referrer import Referrer, parse_referrer
 
 
 def proof_key(secret: str) -> bytes:
     """The key for consent proofs, derived from one signing secret (never the secret itself)."""
-    return hashlib.sha256(("consentmw.proof:" + secret).encode()).digest()
+    return hashlib.sha256(("consentmw.rights.proof:" + secret).encode()).digest()
 
 
 def proof_token(key: bytes, consent_id: str, day: int) -> str:

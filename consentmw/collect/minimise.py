@@ -18,16 +18,16 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import pyarrow as pa
 
-from ..arrow import arrow_schema, to_arrow
-from ..fields import LEDGER_COLUMNS as _LEDGER, Column, columns_for, table_for
-from ..ledger import ConsentRecord
-from ..policy import Policy, Purpose
-from .beacon import EVENT_CATEGORY
-from .columnar import HitColumns, Selection, encode
-from .columns import AGENTS, TableColumns, buildable
-from .enrich import Enricher
-from .hit import Hit
-from .ip import masked_ip16
+from consentmw.core.arrow import arrow_schema, to_arrow
+from consentmw.core.fields import LEDGER_COLUMNS as _LEDGER, Column, columns_for, table_for
+from consentmw.core.ledger import ConsentRecord
+from consentmw.core.policy import Policy, Purpose
+from consentmw.collect.beacon import EVENT_CATEGORY
+from consentmw.collect.columnar import HitColumns, Selection, encode
+from consentmw.collect.columns import AGENTS, TableColumns, buildable
+from consentmw.collect.enrich import Enricher
+from consentmw.collect.hit import Hit
+from consentmw.collect.ip import masked_ip16
 
 LEDGER_TABLE = "consent_log"
 #: consent_log keeps IPs masked this far, whatever the purposes say.

@@ -10,50 +10,20 @@ Distributed table in front, for several ClickHouse servers.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-from ..fields import LEDGER_COLUMNS, Column, columns_for, table_for
-from ..policy import Policy
+from consentmw.core.fields import LEDGER_COLUMNS, Column, columns_for, table_for
+from consentmw.store.layout import Layout
+from consentmw.store.views import statements as view_statements  # analyst views, visitor profile
 
 SCHEMA_VERSION = 1
 LEDGER_RETENTION_DAYS = 1826   # proof of consent is kept five years
 DEDUP_WINDOW = 10_000
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-
-
-def check_identifier(name: str, what: str) -> str:
-    if not _IDENT.fullmatch(name):
-        raise ValueError(f"{what} {name!r} is not a valid ClickHouse identifier")
-    return name
 
 
 @dataclass(frozen=True)
-class Schema:
-    policy: Policy
-    database: str = "consentmw"
-    cluster: str | None = None
-
-    def __post_init__(self) -> None:
-        check_identifier(self.database, "database")
-        if self.cluster:
-            check_identifier(self.cluster, "cluster")
-
-    # -- helpers -------------------------------------------------------------
-    @property
-    def on_cluster(self) -> str:
-        return f" ON CLUSTER {self.cluster}" if self.cluster else ""
-
-    def local(self, table: str) -> str:
-        """The table rows physically live in (the `_local` shard table on a cluster)."""
-        return f"{self.database}.{table}_local" if self.cluster else f"{self.database}.{table}"
-
-    def engine(self, table: str, kind: str = "MergeTree", *args: str) -> str:
-        """A MergeTree-family engine; replicated through Keeper when running on a cluster."""
-        if self.cluster:
-            path = f"'/clickhouse/tables/{{shard}}/{self.database}/{table}', '{{replica}}'"
-            return f"Replicated{kind}({', '.join((path, *args))})"
-        return f"{kind}({', '.join(args)})"
+class Schema(Layout):
+    """Every DDL statement the policy implies: event tables, ledger, views."""
 
     @staticmethod
     def _column_ddl(columns: tuple[Column, ...]) -> str:
@@ -70,7 +40,6 @@ class Schema:
             out.extend(self.event_table(table_for(purpose.id), columns_for(purpose), purpose.retention_days,
                                         "visitor_id" in purpose.categories))
         out.extend(self.ledger_tables())
-        from .views import statements as view_statements  # analyst views, visitor profile
         out.extend(view_statements(self))
         return out
 
@@ -92,7 +61,7 @@ class Schema:
             stmts.append(f"ALTER TABLE {self.local(table)}{self.on_cluster} "
                          f"ADD COLUMN IF NOT EXISTS `{column.name}` {column.ch_type}")
         stmts.append(f"ALTER TABLE {self.local(table)}{self.on_cluster} MODIFY TTL {ttl}")
-        stmts.extend(self._distributed(table))
+        stmts.extend(self.distributed(table))
         return stmts
 
     def ledger_tables(self) -> list[str]:
@@ -117,12 +86,5 @@ class Schema:
             f"ORDER BY subject")
         out = [ledger, erasure, blocked]
         for table in ("consent_log", "erasure_log", "blocked_visitors"):
-            out.extend(self._distributed(table))
+            out.extend(self.distributed(table))
         return out
-
-    def _distributed(self, table: str) -> list[str]:
-        if not self.cluster:
-            return []
-        return [f"CREATE TABLE IF NOT EXISTS {self.database}.{table}{self.on_cluster} "
-                f"AS {self.local(table)} ENGINE = Distributed({self.cluster}, {self.database}, "
-                f"{table}_local, rand())"]

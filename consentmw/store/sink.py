@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 
-from .schema import SCHEMA_VERSION, Schema
+from consentmw.store.schema import SCHEMA_VERSION, Schema
 
 
 class SinkError(RuntimeError):

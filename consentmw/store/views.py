@@ -21,13 +21,10 @@ past statistics rows drop out of the views.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from consentmw.core.fields import columns_for, table_for
+from consentmw.core.policy import Policy, Purpose
 
-from ..fields import columns_for, table_for
-from ..policy import Policy, Purpose
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .schema import Schema
+from consentmw.store.layout import Layout
 
 PROFILE_TABLE = "visitor_profile"
 PROFILE_MV = "visitor_profile_mv"
@@ -81,7 +78,7 @@ class _Cols:
         return name if name in self.names else default
 
 
-def statements(schema: "Schema") -> list[str]:
+def statements(schema: Layout) -> list[str]:
     """DDL for the views, the profile aggregate and its materialized view."""
     db = schema.database
     policy = schema.policy
@@ -226,7 +223,7 @@ def profile_select(table: str) -> str:
     return f"SELECT visitor_id,\n  {cols}\nFROM {table}"
 
 
-def _profile(schema: "Schema", purpose: Purpose, not_in: str, blocked: str) -> list[str]:
+def _profile(schema: Layout, purpose: Purpose, not_in: str, blocked: str) -> list[str]:
     db = schema.database
     cols = profile_columns(purpose)
     body = ",\n  ".join(f"`{name}` {kind}" for name, kind, _ in cols)

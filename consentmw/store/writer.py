@@ -37,8 +37,8 @@ from typing import Any, Callable, Iterable
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from .sink import ClickHouseSink, SinkError
-from .spool import Record, Spool, SpoolFull
+from consentmw.store.sink import ClickHouseSink, SinkError
+from consentmw.store.spool import Record, Spool, SpoolFull
 
 log = logging.getLogger("consentmw.writer")
 

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from consentmw import assets
-from consentmw.api import ConsentAPI
-from consentmw.assets import STATIC_DIR, sizes, strip_js
-from consentmw.consent import ConsentCodec
-from consentmw.settings import Settings
-from consentmw.policy import Policy
+from consentmw.web import assets
+from consentmw.web.api import ConsentAPI
+from consentmw.web.assets import STATIC_DIR, sizes, strip_js
+from consentmw.core.consent import ConsentCodec
+from consentmw.core.settings import Settings
+from consentmw.core.policy import Policy
 
 BUDGET = 6000
 

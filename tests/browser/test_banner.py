@@ -441,7 +441,7 @@ def test_returning_visitor_costs_no_request(tab: Tab) -> None:
     assert tab.banner().count() == 0
     assert not tab.paths("/_consent/state") and not tab.paths("/_consent/choice")
     # a choice made under another policy version asks again
-    signer = TimestampSigner([DEMO_SECRET], salt="consentmw.consent")
+    signer = TimestampSigner([DEMO_SECRET], salt="consentmw.core.consent")
     old = signer.sign("1~abcdefabcdefabcd~2020-01-01~necessary:statistics~1600000000~0~-").decode()
     tab.context.add_cookies([{"name": "consentmw", "value": old, "url": tab.site.url}])
     tab.goto("/")

@@ -16,15 +16,15 @@ import numpy as np
 import pyarrow as pa
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from consentmw.arrow import arrow_schema
+from consentmw.core.arrow import arrow_schema
 from consentmw.collect.beacon import EVENT_CATEGORY
 from consentmw.collect.columnar import group, uuid4_array
 from consentmw.collect.enrich import Enricher, language_tag, proof_key
 from consentmw.collect.hit import CLICK_ID_PARAMS, Hit
 from consentmw.collect.ip import masked_ip16
 from consentmw.collect.minimise import Minimiser
-from consentmw.fields import columns_for, table_for
-from consentmw.policy import Policy
+from consentmw.core.fields import columns_for, table_for
+from consentmw.core.policy import Policy
 from tests.test_consent_enforcement import PURPOSE_IDS, make_policy, purpose_st
 
 UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")

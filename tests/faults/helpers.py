@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from consentmw.pipeline import Collector
-from consentmw.settings import Settings
+from consentmw.core.settings import Settings
 from consentmw.store.schema import Schema
 from consentmw.store.sink import ClickHouseSink, SinkError
 

@@ -14,7 +14,7 @@ from .helpers import asgi_call, beacon_headers, closed_port, events_body, run_sc
 
 REPLAY_SCRIPT = """
 import json, os, time
-from consentmw.settings import Settings
+from consentmw.core.settings import Settings
 from consentmw.pipeline import Collector
 s = Settings.build({"flush_interval": 0.1})
 col = Collector(s)

@@ -22,8 +22,8 @@ from typing import Any
 import pyarrow.ipc as ipc
 import pytest
 
-from consentmw.consent import ConsentCodec
-from consentmw.policy import Policy
+from consentmw.core.consent import ConsentCodec
+from consentmw.core.policy import Policy
 from consentmw.store.spool import parse_segment
 
 from tests.conftest import BROWSER_UA, SECRET

@@ -8,9 +8,10 @@ import pyarrow as pa
 import pytest
 
 from consentmw import Policy
-from consentmw.fields import COLUMNS, LEDGER_COLUMNS, columns_for
-from consentmw.store.schema import Schema, check_identifier
-from consentmw.arrow import arrow_type
+from consentmw.core.fields import COLUMNS, LEDGER_COLUMNS, columns_for
+from consentmw.store.layout import check_identifier
+from consentmw.store.schema import Schema
+from consentmw.core.arrow import arrow_type
 from consentmw.store.sink import ClickHouseSink, resolve_dsn
 
 
@@ -81,7 +82,7 @@ def test_dsn_resolution() -> None:
 
 def test_cluster_setting_reaches_the_schema_and_refuses_chdb(tmp_path: Any) -> None:
     from consentmw.pipeline import Collector
-    from consentmw.settings import Settings, SettingsError
+    from consentmw.core.settings import Settings, SettingsError
 
     settings = Settings.build({"secret_key": "0123456789abcdef0123", "clickhouse_dsn": "http://127.0.0.1:9/",
                                "cluster": "main", "spool_dir": str(tmp_path)})

@@ -11,7 +11,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from .fields import BY_NAME, LEDGER_COLUMNS, Column
+from consentmw.core.fields import BY_NAME, LEDGER_COLUMNS, Column
 
 _LEDGER_TYPES = {c.name: c.ch_type for c in LEDGER_COLUMNS}
 

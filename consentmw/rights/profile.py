@@ -20,15 +20,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .store.views import PROFILE_READ, PROFILE_TABLE, profile_purpose
+from consentmw.store.views import PROFILE_READ, PROFILE_TABLE, profile_purpose
 
 if TYPE_CHECKING:  # pragma: no cover
     from starlette.requests import Request
 
-    from .consent import ConsentState
-    from .policy import Policy
-    from .rights import Blocklist
-    from .store.sink import ClickHouseSink
+    from consentmw.core.consent import ConsentState
+    from consentmw.core.policy import Policy
+    from consentmw.rights.blocklist import Blocklist
+    from consentmw.store.sink import ClickHouseSink
 
 RECENT = 10
 

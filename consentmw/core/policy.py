@@ -142,7 +142,7 @@ class Policy:
     @classmethod
     def default(cls) -> "Policy":
         """The built-in catalog drawn from the seed privacy policies."""
-        text = resources.files("consentmw").joinpath("default_policy.toml").read_text("utf-8")
+        text = resources.files("consentmw.core").joinpath("default_policy.toml").read_text("utf-8")
         return cls.from_dict(tomllib.loads(text))
 
     @classmethod

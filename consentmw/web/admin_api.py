@@ -14,13 +14,13 @@ import asyncio
 import hmac
 from typing import TYPE_CHECKING, Any
 
-from .http import HTTPProblem
+from consentmw.web.http import HTTPProblem
 
 if TYPE_CHECKING:  # pragma: no cover
     from starlette.requests import Request
     from starlette.responses import Response
 
-    from .api import ConsentAPI
+    from consentmw.web.api import ConsentAPI
 
 BASE = "/admin/visitors"
 
@@ -45,7 +45,8 @@ class _Unauthorized(HTTPProblem):
 
 
 def register(api: "ConsentAPI") -> None:
-    from .rights import RightsError, _json, valid_id
+    from consentmw.rights.service import RightsError, valid_id
+    from consentmw.web.http import json_response
 
     prefix = api.prefix + BASE + "/"
 
@@ -103,7 +104,7 @@ def register(api: "ConsentAPI") -> None:
         data = await call(_export, visitor_id(request))
         if data is None:
             raise HTTPProblem(404, "no data stored for this id")
-        return _json(data)
+        return json_response(data)
 
     async def erase(request: "Request") -> "Response":
         check_token(request, api.settings.admin_token)
@@ -113,7 +114,7 @@ def register(api: "ConsentAPI") -> None:
             raise HTTPProblem(500, str(exc)[:300]) from None
         if data is None:
             raise HTTPProblem(404, "no data stored for this id")
-        return _json({"erased": True, "receipt": data})
+        return json_response({"erased": True, "receipt": data})
 
     api.add("GET", BASE, export)
     api.add("DELETE", BASE, erase)

@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 from itsdangerous import BadData, TimestampSigner
 from itsdangerous.encoding import base64_decode, base64_encode
 
-from .policy import Policy
+from consentmw.core.policy import Policy
 
 COOKIE_NAME = "consentmw"
 FORMAT = "1"
@@ -92,7 +92,7 @@ class ConsentCodec:
         if not keys or not all(isinstance(k, str) and k for k in keys):
             raise ValueError("secret_key must be a non-empty string or a non-empty list of them")
         # itsdangerous: the last key signs, all verify. Our API says the first signs.
-        self._signer = TimestampSigner(list(reversed(keys)), salt="consentmw.consent")
+        self._signer = TimestampSigner(list(reversed(keys)), salt="consentmw.core.consent")
         self.policy = policy
         self.max_age = max_age
         self._cache: dict[str, ConsentState] = {}

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .policy import LANGUAGES, Policy
+from consentmw.core.policy import LANGUAGES, Policy
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .api import ConsentAPI
+    from consentmw.web.api import ConsentAPI
 
-STATIC_DIR = Path(__file__).parent / "static"
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 CONFIG_TOKEN = "CONSENTMW_CONFIG"
 REVALIDATE = "public, max-age=3600, must-revalidate"
 IMMUTABLE = "public, max-age=31536000, immutable"

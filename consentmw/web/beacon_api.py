@@ -7,11 +7,11 @@ import time
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .api import ConsentAPI
-from .collect.beacon import BODY_LIMIT, BeaconError, validate_batch
-from .collect.hit import Hit
-from .http import HTTPProblem, check_same_origin, header, header_bytes, parse_json, read_body
-from .ratelimit import TokenBuckets
+from consentmw.web.api import ConsentAPI
+from consentmw.collect.beacon import BODY_LIMIT, BeaconError, validate_batch
+from consentmw.collect.hit import Hit
+from consentmw.web.http import HTTPProblem, check_same_origin, header, header_bytes, parse_json, read_body
+from consentmw.core.ratelimit import TokenBuckets
 
 _TYPES = ("application/json", "text/plain")
 

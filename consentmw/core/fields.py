@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .policy import Purpose
+from consentmw.core.policy import Purpose
 
 
 @dataclass(frozen=True)

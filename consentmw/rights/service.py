@@ -28,31 +28,25 @@ visitor's day tokens, which are listed in `blocked_visitors` like any other subj
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import hashlib
 import hmac
 import ipaddress
-import json
 import re
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from .fields import table_for
-from .policy import Policy
-from .store.schema import LEDGER_RETENTION_DAYS
-from .store.views import PROFILE_READ, PROFILE_TABLE
+from consentmw.core.fields import table_for
+from consentmw.core.policy import Policy
+from consentmw.store.schema import LEDGER_RETENTION_DAYS
+from consentmw.store.views import PROFILE_READ, PROFILE_TABLE
+from consentmw.rights.blocklist import Blocklist
 
 if TYPE_CHECKING:  # pragma: no cover
-    from starlette.requests import Request
-    from starlette.responses import Response
-
-    from .api import ConsentAPI
-    from .consent import ConsentState
-    from .store.sink import ClickHouseSink
+    from consentmw.core.consent import ConsentState
+    from consentmw.store.sink import ClickHouseSink
 
 #: Consent and visitor ids are URL-safe base64 (consent.new_id); anything else is refused.
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{4,64}")
@@ -132,62 +126,6 @@ def jsonable(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------- blocklist
-class Blocklist:
-    """Blocked subjects, kept in memory and refreshed from `blocked_visitors` every `ttl` s.
-
-    `is_blocked` is a set look-up; a refresh (one small query) happens only when the copy
-    is older than `ttl`, on whichever thread asks (the writer thread, or a worker thread
-    for the async callers). A failed refresh keeps the last known set. Blocks made in this
-    process apply at once; blocks made by another process apply within `ttl` seconds.
-    """
-
-    def __init__(self, sink: "ClickHouseSink", ttl: float = 30.0) -> None:
-        self.sink = sink
-        self.ttl = ttl
-        self._subjects: frozenset[str] = frozenset()
-        self._loaded_at = float("-inf")
-        self._lock = threading.Lock()
-
-    @property
-    def stale(self) -> bool:
-        return time.monotonic() - self._loaded_at > self.ttl
-
-    def refresh(self) -> None:
-        if not self._lock.acquire(blocking=False):
-            return  # another thread is refreshing; use the current copy
-        try:
-            attempted = time.monotonic()
-            try:
-                rows = self.sink.query(
-                    f"SELECT subject FROM {self.sink.database}.blocked_visitors "
-                    f"GROUP BY subject HAVING argMax(blocked, ts) = 1").result_rows
-            except Exception:  # noqa: BLE001 - store down: keep the last known set, retry later
-                self._loaded_at = attempted - self.ttl / 2
-                return
-            self._subjects = frozenset(r[0] for r in rows)
-            self._loaded_at = attempted
-        finally:
-            self._lock.release()
-
-    def is_blocked(self, subject: str | None, *, refresh: bool = True) -> bool:
-        if not subject:
-            return False
-        if refresh and self.stale:
-            self.refresh()
-        return subject in self._subjects
-
-    def any_blocked(self, subjects: Iterable[str | None], *, refresh: bool = True) -> bool:
-        if refresh and self.stale:
-            self.refresh()
-        current = self._subjects
-        return any(s in current for s in subjects if s)
-
-    def _apply(self, subjects: Iterable[str], blocked: bool) -> None:
-        subjects = set(subjects)
-        self._subjects = (self._subjects | subjects) if blocked else (self._subjects - subjects)
-
-
-# ---------------------------------------------------------------------------- engine
 class Rights:
     """Export, erase, block and unblock a subject in one ClickHouse database."""
 
@@ -462,154 +400,3 @@ class Rights:
         self.sink.client().insert(f"{self.db}.blocked_visitors", rows, column_names=["subject", "blocked", "ts"])
         self.blocklist._apply(subjects, blocked)
         return len(subjects)
-
-
-# ---------------------------------------------------------------------------- HTTP
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> "Response":
-    from starlette.responses import Response
-
-    h = {"Cache-Control": "no-store"}
-    h.update(headers or {})
-    return Response(json.dumps(body, ensure_ascii=False, default=str), status_code=status,
-                    media_type="application/json", headers=h)
-
-
-def _truthy(value: str | None) -> bool:
-    from .http import HTTPProblem
-
-    if value is None or value.lower() in ("", "0", "false", "no"):
-        return False
-    if value.lower() in ("1", "true", "yes"):
-        return True
-    raise HTTPProblem(400, "'erase' must be true or false")
-
-
-def register(api: "ConsentAPI") -> None:
-    """GET /me, POST /me/block, POST /me/unblock, DELETE /me; DELETE /choice?erase=true."""
-    from .consent import new_id
-    from .http import HTTPProblem, check_same_origin
-
-    collector = api.collector
-    sink = getattr(collector, "sink", None)
-    if sink is None:  # a collector without a store (tests, custom pipelines): no rights endpoints
-        return
-    enricher = getattr(collector, "enricher", None)
-    proof = getattr(enricher, "consent_proof", None)
-    rights = Rights(sink, api.policy, api.settings.secret_key[0], proof=proof)
-    api.rights = rights  # type: ignore[attr-defined]
-    minimiser = getattr(collector, "minimiser", None)
-    if minimiser is not None:
-        # Collection stops for blocked browsers: the minimiser skips their hits (writer thread).
-        minimiser.blocked = rights.blocklist.is_blocked
-    from .profile import ProfileService
-
-    api.profiles = ProfileService(sink, api.policy, rights.blocklist)  # type: ignore[attr-defined]
-    original_delete_choice = api.delete_choice
-
-    def _settle() -> None:
-        """Write what is queued (and replay what is spooled) so erasure sees every row."""
-        flush = getattr(collector, "flush", None)
-        if flush is not None:
-            flush()
-        writer = getattr(collector, "writer", None)
-        if writer is not None and writer.spool.pending():
-            writer.replay()
-
-    def authenticate(request: "Request") -> "ConsentState":
-        check_same_origin(request.scope, api.settings.allowed_origins)
-        state = api.current(request, any_version=True)
-        if state is None or not state.id:
-            raise HTTPProblem(401, "no valid consent cookie: your data is reachable only from the browser "
-                                   "that made the choice")
-        return state
-
-    async def run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await asyncio.to_thread(fn, *args, **kwargs)
-        except (RightsError, ValueError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - store down or refusing
-            raise HTTPProblem(503, "the data store is unavailable; nothing was changed, please try again later "
-                                   f"({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})") from None
-
-    def _export(state: "ConsentState") -> dict[str, Any]:
-        _settle()
-        return rights.export(rights.subject_for(state), state=state)
-
-    async def get_me(request: "Request") -> "Response":
-        state = authenticate(request)
-        data = await run(_export, state)
-        day = dt.date.today().isoformat()
-        return _json(data, headers={"Content-Disposition": f'attachment; filename="my-data-{day}.json"'})
-
-    def _block(state: "ConsentState", blocked: bool) -> int:
-        _settle()
-        return rights.set_blocked(rights.subject_for(state), blocked)
-
-    async def block(request: "Request") -> "Response":
-        state = authenticate(request)
-        n = await run(_block, state, True)
-        api.profiles.forget(state.visitor_id)  # type: ignore[attr-defined]
-        return _json({"blocked": True, "subjects": n, "note":
-                      "Processing of your data is suspended: nothing more is collected from this browser and "
-                      "your stored data is excluded from personalisation and statistics until you unblock it "
-                      "or erase it. Your data is kept meanwhile."})
-
-    async def unblock(request: "Request") -> "Response":
-        state = authenticate(request)
-        n = await run(_block, state, False)
-        return _json({"blocked": False, "subjects": n, "note": "Processing of your data has resumed."})
-
-    def _erase(state: "ConsentState", requested_by: str) -> dict[str, Any]:
-        _settle()
-        return rights.erase(rights.subject_for(state), requested_by=requested_by)
-
-    async def delete_me(request: "Request") -> "Response":
-        state = authenticate(request)
-        try:
-            receipt = await run(_erase, state, "visitor")
-        except RightsError as exc:
-            raise HTTPProblem(500, str(exc)[:300]) from None
-        api.profiles.forget(state.visitor_id)  # type: ignore[attr-defined]
-        body = {"erased": True, "receipt": receipt}
-        response = _json(body)
-        if state.visitor_id:
-            # The old visitor id is gone with the data; the browser gets a fresh one.
-            value, fresh = api.codec.issue(state.granted, gpc=state.gpc, visitor_id=new_id(), consent_id=state.id)
-            lang = request.query_params.get("lang", "en")
-            api.collector.record(api.ledger_record(request, fresh, "erase", lang if lang in ("en", "ru", "kk") else "en",
-                                                   request.headers.get("referer", "")))
-            api.set_cookie(response, request, value)
-        return response
-
-    async def delete_choice(request: "Request") -> "Response":
-        erase = _truthy(request.query_params.get("erase"))
-        previous = api.current(request, any_version=True) if erase else None
-        response = await original_delete_choice(request)
-        if not erase or response.status_code != 200:
-            return response
-        try:
-            body = json.loads(bytes(response.body))
-        except ValueError:
-            return response
-        status = 200
-        if previous is None or not previous.id:
-            body["erasure"] = {"erased": False, "reason": "no valid consent cookie: nothing is linked to this browser"}
-        else:
-            try:
-                body["erasure"] = await run(_erase, previous, "withdrawal")
-                api.profiles.forget(previous.visitor_id)  # type: ignore[attr-defined]
-            except (HTTPProblem, RightsError) as exc:
-                status = getattr(exc, "status", 500)
-                body["erasure"] = {"erased": False, "error": getattr(exc, "reason", str(exc))}
-        merged = _json(body, status)
-        for key, value in response.raw_headers:
-            if key == b"set-cookie":
-                merged.raw_headers.append((key, value))
-        return merged
-
-    api.add("GET", "/me", get_me)
-    api.add("POST", "/me/block", block)
-    api.add("POST", "/me/unblock", unblock)
-    api.add("DELETE", "/me", delete_me)
-    api.add("DELETE", "/choice", delete_choice)

@@ -245,7 +245,7 @@ def collect(query: Callable[[str], list[tuple[Any, ...]]], database: str, days: 
     vitals = {name: [_num(vitals_rows.get(d, (None,) * 4)[i]) for d in span]
               for i, name in enumerate(("LCP", "INP", "FCP", "TTFB"))}
     overall_where = where.replace("day BETWEEN", "toDate(ts) BETWEEN")
-    from .store.views import blocked_subjects  # the same filter as the views
+    from consentmw.store.views import blocked_subjects  # the same filter as the views
     overall = query(
         f"SELECT quantileExactInclusive(0.75)(lcp), quantileExactInclusive(0.75)(inp), "
         f"quantileExactInclusive(0.75)(cls), quantileExactInclusive(0.75)(fcp), quantileExactInclusive(0.75)(ttfb) "

@@ -15,12 +15,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from .collect.hit import Hit
-from .consent import COOKIE_NAME, ConsentCodec, ConsentState, new_id
-from .http import HTTPProblem, check_same_origin, cookie_value, header, parse_json, read_body
-from .ledger import ACTION_CHANGE, ACTION_GRANT, ACTION_WITHDRAW, ConsentRecord
-from .policy import LANGUAGES, Policy
-from .settings import Settings
+from consentmw.collect.hit import Hit
+from consentmw.core.consent import COOKIE_NAME, ConsentCodec, ConsentState, new_id
+from consentmw.web.http import HTTPProblem, check_same_origin, cookie_value, header, parse_json, read_body
+from consentmw.core.ledger import ACTION_CHANGE, ACTION_GRANT, ACTION_WITHDRAW, ConsentRecord
+from consentmw.core.policy import LANGUAGES, Policy
+from consentmw.core.settings import Settings
 
 CHOICE_BODY_LIMIT = 8 * 1024
 _CHOICE_KEYS = frozenset({"granted", "all", "lang", "page"})

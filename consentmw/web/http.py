@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable
 
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope
 
 
@@ -147,3 +147,11 @@ def check_same_origin(scope: Scope, allowed: Iterable[str] = ()) -> None:
     origin = header(scope, b"origin")
     if origin is not None and origin != origin_of(scope) and origin not in allowed:
         raise HTTPProblem(403, "cross-origin request refused (Origin does not match)")
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """JSON that is never cached: every rights and admin answer is personal."""
+    h = {"Cache-Control": "no-store"}
+    h.update(headers or {})
+    return Response(json.dumps(body, ensure_ascii=False, default=str), status_code=status,
+                    media_type="application/json", headers=h)

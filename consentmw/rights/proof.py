@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .collect.enrich import proof_key, proof_token
-from .store.sink import ClickHouseSink
+from consentmw.collect.enrich import proof_key, proof_token
+from consentmw.store.sink import ClickHouseSink
 
 
 @dataclass

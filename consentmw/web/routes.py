@@ -5,8 +5,8 @@ Order matters only where a module wraps another's route (rights wraps DELETE /ch
 
 from __future__ import annotations
 
-from . import admin, admin_api, assets, beacon_api, rights
-from .api import ConsentAPI
+from consentmw.web import admin, admin_api, assets, beacon_api, rights
+from consentmw.web.api import ConsentAPI
 
 
 def register_all(api: ConsentAPI) -> None:

@@ -15,8 +15,8 @@ from typing import Any, Iterator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .api import ConsentAPI
-from .http import HTTPProblem, header
+from consentmw.web.api import ConsentAPI
+from consentmw.web.http import HTTPProblem, header
 
 #: health() keys exported as Prometheus counters (monotonic) and gauges.
 COUNTERS = {

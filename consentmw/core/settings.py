@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
-from .policy import Policy
+from consentmw.core.policy import Policy
 
 DEFAULT_DSN = "chdb://./consentmw-data"
 

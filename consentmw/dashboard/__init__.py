@@ -1,0 +1,1 @@
+"""Statistics for site owners: the report (and, later, the live dashboard)."""
