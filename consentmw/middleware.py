@@ -106,9 +106,12 @@ class ConsentMiddleware:
             scope_state = scope["state"] = {"consent": state}
         else:
             scope_state["consent"] = state
+        # `await request.state.consent_profile()`: only visitors with a stable id have a
+        # profile; for everyone else it is there all the same and returns None.
         if state.visitor_id is not None and self._profile_of is not None:
-            # `await request.state.consent_profile()`: only visitors with a stable id have one.
             scope_state["consent_profile"] = partial(self._profile_of, state)
+        else:
+            scope_state["consent_profile"] = _no_profile
 
         if (not state.collecting or not self._collect or kind != "http"
                 or scope["method"] not in _CAPTURE_METHODS
@@ -227,6 +230,11 @@ class ConsentMiddleware:
         if "lifespan.shutdown" not in seen:
             await receive_wrapper()
         await send({"type": "lifespan.shutdown.complete"})
+
+
+async def _no_profile() -> None:
+    """`consent_profile()` of a visitor without personalisation: no profile."""
+    return None
 
 
 class _StartupRefused(Exception):

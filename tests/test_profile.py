@@ -29,7 +29,12 @@ def app() -> Starlette:
         profile = await get_profile(request)
         return JSONResponse(profile.to_json() if profile else None)
 
-    return Starlette(routes=[Route("/for-you", for_you)])
+    async def for_you_state(request: Request) -> JSONResponse:
+        # The documented accessor, used as documented: it exists for every visitor.
+        profile = await request.state.consent_profile()
+        return JSONResponse(profile.to_json() if profile else None)
+
+    return Starlette(routes=[Route("/for-you", for_you), Route("/for-you-state", for_you_state)])
 
 
 def client(mw: Any, **headers: str) -> httpx.AsyncClient:
@@ -83,22 +88,25 @@ async def test_profile_values_are_exact_for_a_known_sequence(tmp_path: Path, mak
 
 async def test_profile_is_none_unless_personalisation_is_granted(make_app: Any) -> None:
     mw = make_app(app())
-    async with client(mw) as anonymous:
-        assert (await anonymous.get("/for-you")).json() is None
-    async with client(mw) as stats_only:
-        cid, vid = await grant(stats_only, {"granted": ["statistics"]})
-        assert vid is None
-        assert (await stats_only.get("/for-you")).json() is None
-    async with client(mw) as everything:
-        cid, vid = await grant(everything, {"all": True})
-        visit(mw, time.time(), "/articles/a", cid, vid)
-        mw.collector.flush()
-        assert (await everything.get("/for-you")).json()["pageviews"] == 1
-        # Global Privacy Control narrows an older choice: personalisation is off, so no profile.
-        assert (await everything.get("/for-you", headers={"sec-gpc": "1"})).json() is None
-        # Withdrawal: no visitor id any more.
-        assert (await everything.request("DELETE", "/_consent/choice")).status_code == 200
-        assert (await everything.get("/for-you")).json() is None
+    for route in ("/for-you", "/for-you-state"):
+        async with client(mw) as anonymous:
+            r = await anonymous.get(route)
+            assert r.status_code == 200 and r.json() is None
+        async with client(mw) as stats_only:
+            cid, vid = await grant(stats_only, {"granted": ["statistics"]})
+            assert vid is None
+            r = await stats_only.get(route)
+            assert r.status_code == 200 and r.json() is None
+        async with client(mw) as everything:
+            cid, vid = await grant(everything, {"all": True})
+            visit(mw, time.time(), "/articles/a", cid, vid)
+            mw.collector.flush()
+            assert (await everything.get(route)).json()["pageviews"] == 1
+            # Global Privacy Control narrows an older choice: personalisation is off, so no profile.
+            assert (await everything.get(route, headers={"sec-gpc": "1"})).json() is None
+            # Withdrawal: no visitor id any more.
+            assert (await everything.request("DELETE", "/_consent/choice")).status_code == 200
+            assert (await everything.get(route)).json() is None
 
 
 async def test_profile_is_cached_briefly_and_hides_blocked_visitors(make_app: Any) -> None:

@@ -305,9 +305,8 @@ async def test_admin_api_export_and_erase(make_app: Any, ch: Any, database: str)
         assert (await x.get("/_consent/admin/visitors?id=abcdEFGH1234")).status_code == 404
     mw = make_app(site(), admin_token=ADMIN)
     c, a = await visitor(mw, IP_A, ["/articles/a", "/articles/b"])
-    await c.aclose()
     auth = {"authorization": f"Bearer {ADMIN}"}
-    async with client(mw) as x:
+    async with closing(c), client(mw) as x:
         r = await x.get(f"/_consent/admin/visitors?id={a['visitor_id']}")
         assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
         r = await x.get(f"/_consent/admin/visitors?id={a['visitor_id']}", headers={"authorization": "Bearer nope"})
@@ -322,6 +321,13 @@ async def test_admin_api_export_and_erase(make_app: Any, ch: Any, database: str)
         if hasattr(mw.api, "add_prefix"):
             r = await x.get(f"/_consent/admin/visitors/{a['consent_id']}", headers=auth)
             assert r.status_code == 200
+        # The operator's export shows the visitor's current grants (from their latest choice).
+        summary = {s["purpose"]: s["granted"] for s in r.json()["summary"]}
+        assert summary == {"necessary": True, "statistics": True, "personalisation": True, "marketing": True}
+        await choose(c, {"granted": ["personalisation"]})  # a change: the export follows it
+        r = await x.get(f"/_consent/admin/visitors?id={a['consent_id']}", headers=auth)
+        summary = {s["purpose"]: s["granted"] for s in r.json()["summary"]}
+        assert summary == {"necessary": True, "statistics": False, "personalisation": True, "marketing": False}
         r = await x.delete(f"/_consent/admin/visitors?id={a['consent_id']}", headers=auth)
         assert r.status_code == 200, r.text
         assert r.json()["receipt"]["requested_by"] == "operator:api" and r.json()["receipt"]["verified"]

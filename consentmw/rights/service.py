@@ -125,6 +125,12 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+def latest_grants(history: list[dict[str, Any]]) -> set[str]:
+    """The purposes the subject's most recent ledger choice granted (an operator export has
+    no cookie to read them from; a withdrawal's row grants only the required purposes)."""
+    return set(history[-1].get("granted") or ()) if history else set()  # history is ordered by ts
+
+
 # ---------------------------------------------------------------------------- blocklist
 class Rights:
     """Export, erase, block and unblock a subject in one ClickHouse database."""
@@ -250,11 +256,12 @@ class Rights:
             else:
                 tables[table] = rows
         blocked = self.blocklist.any_blocked(subject.ids())
+        granted = set(state.granted) if state is not None else latest_grants(history)
         return {
             "exported_at": jsonable(now),
             "subject": subject.public(),
             "blocked": blocked,
-            "summary": self.summary(tables, state, now),
+            "summary": self.summary(tables, granted, now),
             "consent_history": history,
             "tables": tables,
             "not_included": {
@@ -272,7 +279,7 @@ class Rights:
                     progress(len(block))
         return out
 
-    def summary(self, tables: dict[str, list[dict[str, Any]]], state: "ConsentState | None",
+    def summary(self, tables: dict[str, list[dict[str, Any]]], granted: set[str],
                 now: dt.datetime) -> list[dict[str, Any]]:
         """Per purpose: granted or not, what it keeps, how many rows, and until when."""
         out = []
@@ -282,7 +289,7 @@ class Rights:
             entry: dict[str, Any] = {
                 "purpose": purpose.id,
                 "title": purpose.text("en", "title"),
-                "granted": bool(state is not None and purpose.id in state.granted),
+                "granted": purpose.id in granted,
                 "keeps": [labels.get(c, {}).get("en", c) for c in sorted(purpose.categories)],
                 "retention_days": purpose.retention_days,
             }
