@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 import uuid
 
 
 ACTION_GRANT = "grant"          # first choice from this browser
 ACTION_CHANGE = "change"        # a later, different or repeated choice
 ACTION_WITHDRAW = "withdraw"    # every optional purpose withdrawn at once
+ACTION_ERASE = "erase"          # the visitor's data erased; the consent ended with it
+
+
+def erasure_proof(record: "ConsentRecord") -> "ConsentRecord":
+    """The ledger row for an erasure keeps only what proves it happened: which consent, when,
+    under which policy, on which site. No address, user agent, visitor id or page, and no
+    purposes (the consent ended: it grants nothing)."""
+    return replace(record, action=ACTION_ERASE, granted=[], denied=[], page="", peer_ip="",
+                   forwarded_for="", user_agent="", visitor_id=None)
 
 
 @dataclass(slots=True)

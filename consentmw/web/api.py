@@ -121,15 +121,20 @@ class ConsentAPI:
             cached = self._policy_cache[key] = self.policy.public(langs)
         return cached
 
-    def set_cookie(self, response: Response, request: Request, value: str) -> None:
+    def set_cookie(self, response: Response, request: Request, value: str, max_age: int | None = None) -> None:
         secure = self.settings.cookie_secure
         if secure is None:
             secure = request.url.scheme in ("https", "wss") or header(request.scope, b"x-forwarded-proto") == "https"
         # Not HttpOnly on purpose: the banner reads the (signed, non-secret) payload so a
         # returning visitor needs no request to know their choice. It holds no personal data.
-        response.set_cookie(COOKIE_NAME, value, max_age=self.settings.cookie_max_age, path="/",
+        response.set_cookie(COOKIE_NAME, value, path="/",
+                            max_age=self.settings.cookie_max_age if max_age is None else max_age,
                             domain=self.settings.cookie_domain, secure=secure, httponly=False,
                             samesite="lax")
+
+    def clear_cookie(self, response: Response, request: Request) -> None:
+        """End the visitor's consent in this browser (an empty, expired cookie): the banner asks again."""
+        self.set_cookie(response, request, "", max_age=0)
 
     def ledger_record(self, request: Request, state: ConsentState, action: str, lang: str,
                       page: str) -> ConsentRecord:

@@ -30,7 +30,8 @@ def _truthy(value: str | None) -> bool:
 
 def register(api: "ConsentAPI") -> None:
     """GET /me, POST /me/block, POST /me/unblock, DELETE /me; DELETE /choice?erase=true."""
-    from consentmw.core.consent import new_id
+    from consentmw.core.ledger import ACTION_ERASE, erasure_proof
+    from consentmw.core.policy import LANGUAGES
     from consentmw.web.http import HTTPProblem, check_same_origin, json_response
 
     collector = api.collector
@@ -115,15 +116,14 @@ def register(api: "ConsentAPI") -> None:
         except RightsError as exc:
             raise HTTPProblem(500, str(exc)[:300]) from None
         api.profiles.forget(state.visitor_id)  # type: ignore[attr-defined]
-        body = {"erased": True, "receipt": receipt}
-        response = json_response(body)
-        if state.visitor_id:
-            # The old visitor id is gone with the data; the browser gets a fresh one.
-            value, fresh = api.codec.issue(state.granted, gpc=state.gpc, visitor_id=new_id(), consent_id=state.id)
-            lang = request.query_params.get("lang", "en")
-            api.collector.record(api.ledger_record(request, fresh, "erase", lang if lang in ("en", "ru", "kk") else "en",
-                                                   request.headers.get("referer", "")))
-            api.set_cookie(response, request, value)
+        response = json_response({"erased": True, "receipt": receipt, "consent": None, "prompt": True})
+        # Erasing ends the consent: the cookie is cleared, so nothing more is collected under
+        # it (not even under a fresh visitor id) and the banner asks again. The ledger keeps a
+        # bare proof that the erasure happened.
+        lang = request.query_params.get("lang", "en")
+        api.collector.record(erasure_proof(api.ledger_record(request, state, ACTION_ERASE,
+                                                             lang if lang in LANGUAGES else "en", "")))
+        api.clear_cookie(response, request)
         return response
 
     async def delete_choice(request: "Request") -> "Response":
