@@ -154,7 +154,7 @@ class ConsentMiddleware:
                     started, "pageview", host, path, state.id or "", state.policy_version,
                     state.collecting, state.visitor_id, client[0] if client else "", forwarded,
                     user_agent, language, referrer, campaign_params(query) if query else None,
-                    status, int((ended - started) * 1000)))
+                    status, (ended - started) * 1000))
 
     def _wanted(self, path: str) -> bool:
         """`_wants`, remembered per path (bounded): sites serve the same paths again and again."""

@@ -86,6 +86,8 @@ def seed_history(mw: Any, days: int = 14) -> None:
             mw.collector.submit(Hit(day + i * 60 + 1, "vitals", "site.test", path, f"hist{i}", version,
                                     frozenset({"statistics"}), None, ip, "", BROWSER_UA, "en", "", None, 0, 0,
                                     {"lcp": 800 + 100 * i + 10 * back, "inp": 50 + 10 * i, "cls": 0.05, "ttfb": 90}))
+        mw.collector.submit(Hit(day + 1800, "pageview", "site.test", "/nope/", "hist0", version,
+                                frozenset({"statistics"}), None, "81.2.0.9", "", BROWSER_UA, "en", "", None, 404, 0.4))
         mw.collector.submit(Hit(day + 3600, "pageview", "site.test", "/articles/b", "histvisitor", version, both,
                                 "HistVisitor0001", "81.2.99.1", "", BROWSER_UA, "en", "", None, 200, 5))
         for i in range(4):
@@ -148,3 +150,80 @@ def test_cookbook_python_snippet_is_valid() -> None:
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
     for block in blocks:
         compile(block, "analysts.md", "exec")
+
+
+def error_site() -> Starlette:
+    """Pages answer with the status in their path: /status/404, /status/500; others 200."""
+    async def page(request: Request) -> HTMLResponse:
+        parts = request.url.path.split("/")
+        status = int(parts[2]) if len(parts) > 2 and parts[1] == "status" and parts[2].isdigit() else 200
+        return HTMLResponse(f"<html><body>{request.url.path}</body></html>", status_code=status)
+
+    return Starlette(routes=[Route("/{path:path}", page)])
+
+
+async def test_error_pages_keep_their_status_but_are_not_page_views(make_app: Any, ch: Any, database: str) -> None:
+    mw = make_app(error_site())
+    async with client(mw, "81.2.69.170") as a:
+        await a.post("/_consent/choice", json={"all": True})
+        cid_vid = a.cookies[COOKIE_NAME]
+        for path in ("/", "/status/404", "/status/500", "/status/201", "/articles/x"):
+            await a.get(path)
+        await a.post("/_consent/collect", json={"events": [{"type": "pageview", "path": "/spa/view"}]})
+        # the profile service reads the aggregate fed by the materialized view
+        r = await a.get("/status/404")
+        assert r.status_code == 404
+    mw.collector.flush()
+    stored = sorted(ch.query(f"SELECT path, status FROM {database}.events_statistics WHERE event_type = 'pageview'").result_rows)
+    assert ("/status/404", 404) in stored and ("/status/500", 500) in stored  # the status is kept
+    pages = dict(ch.query(f"SELECT path, sum(pageviews) FROM {database}.stats_daily GROUP BY path").result_rows)
+    assert pages["/status/404"] == 0 and pages["/status/500"] == 0
+    assert pages["/"] == 1 and pages["/status/201"] == 1 and pages["/spa/view"] == 1
+    errors = ch.query(f"SELECT sum(pageviews), sum(error_views) FROM {database}.stats_daily_site").result_rows
+    assert errors == [(4, 3)]
+    assert ch.query(f"SELECT sum(pageviews) FROM {database}.traffic_sources").result_rows == [(4,)]
+    profile_pages = ch.query(f"SELECT mapKeys(pages) FROM {database}.visitor_profiles").result_rows
+    assert profile_pages and set(profile_pages[0][0]) == {"/", "/status/201", "/articles/x", "/spa/view"}
+    assert cid_vid
+
+
+async def test_server_duration_keeps_sub_millisecond_precision(make_app: Any, ch: Any, database: str) -> None:
+    mw = make_app(site())
+    async with client(mw, "81.2.69.171") as a:
+        await a.post("/_consent/choice", json={"granted": ["statistics"]})
+        for _ in range(5):
+            await a.get("/fast")
+    mw.collector.submit(Hit(time.time(), "pageview", "site.test", "/slow", "x", mw.policy.version,
+                            frozenset({"statistics"}), None, "81.2.69.172", "", BROWSER_UA, "en", "", None, 200, 12.3456))
+    mw.collector.flush()
+    rows = ch.query(f"SELECT path, duration_us, duration_ms FROM {database}.events_statistics "
+                    f"WHERE event_type = 'pageview' ORDER BY path").result_rows
+    fast = [r for r in rows if r[0] == "/fast"]
+    assert len(fast) == 5 and all(us is not None and us > 0 for _, us, _ in fast)  # never truncated to 0
+    assert ("/slow", 12346, 12) in rows
+    p50 = ch.query(f"SELECT duration_p50 FROM {database}.stats_daily WHERE path = '/slow'").result_rows
+    assert p50 == [(pytest.approx(12.346),)]
+
+
+async def test_consent_views_separate_decisions_changes_withdrawals_and_erasures(
+        make_app: Any, ch: Any, database: str) -> None:
+    mw = make_app(site())
+    async with client(mw, "81.2.69.180") as a:   # rejects, then changes to accept all, then withdraws
+        await a.post("/_consent/choice", json={"all": False})
+        await a.post("/_consent/choice", json={"all": True})
+        assert (await a.delete("/_consent/choice")).status_code == 200
+    async with client(mw, "81.2.69.181") as b:   # accepts all, then erases its data
+        await b.post("/_consent/choice", json={"all": True})
+        await b.get("/page")
+        assert (await b.delete("/_consent/me")).status_code == 200
+    mw.collector.flush()
+    actions = sorted(r[0] for r in ch.query(f"SELECT action FROM {database}.consent_log").result_rows)
+    assert actions == ["change", "erase", "grant", "grant", "withdraw"]
+    row = ch.query(f"SELECT decisions, first_decisions, changes, accept_all, reject_all, custom, withdrawals, erasures "
+                   f"FROM {database}.consent_choices_daily").result_rows
+    # 3 decisions (2 first + 1 change): 2 accept all, 1 reject all; the withdrawal and the
+    # erasure are counted apart and not as choices
+    assert row == [(3, 2, 1, 2, 1, 0, 1, 1)]
+    stats = ch.query(f"SELECT decisions, first_decisions, changes, opt_ins, refusals, opt_in_rate, first_opt_in_rate, "
+                     f"withdrawals, erasures FROM {database}.consent_daily WHERE purpose = 'statistics'").result_rows
+    assert stats == [(3, 2, 1, 2, 1, pytest.approx(0.6667), 0.5, 1, 1)]

@@ -163,12 +163,15 @@ class TableColumns:
         return spread([code(float(ts[f]), site_names[sites[f]], ip_values[ips[f]], agent_values[agents[f]])
                        for f in firsts.tolist()], codes, pa.uint64())
 
-    def _duration(self) -> pa.Array:
-        # Server-side page views carry the response time; beacon events never do.
-        durations = self.rows.numbers("duration_ms", np.int64)
+    def _duration(self) -> dict[str, pa.Array]:
+        """Server-side page views carry the response time; beacon events never do. Stored
+        exact in microseconds (`duration_us`) and rounded in ms (`duration_ms`): pages served
+        in under a millisecond used to be stored as 0."""
+        ms = np.clip(self.rows.numbers("duration_ms", np.float64), 0, 4_000_000)
         positions, _ = self._payloads
         keep = pc.equal(self._event_types, "pageview").to_numpy(zero_copy_only=False) & ~mask_of(self.rows.size, positions)
-        return pa.array(durations, mask=~keep, type=pa.uint32())
+        return {"duration_ms": pa.array(np.rint(ms).astype(np.int64), mask=~keep, type=pa.uint32()),
+                "duration_us": pa.array(np.rint(ms * 1000).astype(np.int64), mask=~keep, type=pa.uint32())}
 
     # -- columns built together ------------------------------------------------------
     def _campaign(self) -> dict[str, pa.Array]:
@@ -212,7 +215,7 @@ class TableColumns:
     def _timing(self) -> dict[str, pa.Array]:
         positions, payloads = self._payloads
         size = self.rows.size
-        out = {"duration_ms": self._duration()}
+        out = self._duration()
         for name, key in _TIMING_KEYS.items():
             out[name] = fill(size, None, positions, [d.get(key) for d in payloads], arrow_type(BY_NAME[name].ch_type))
         return out
@@ -256,7 +259,7 @@ _GROUPS: tuple[tuple[Callable[[TableColumns], dict[str, pa.Array]], tuple[str, .
     (TableColumns._referrer, ("referrer_host", "referrer_source", "referrer")),
     (TableColumns._browser, ("browser", "browser_version", "os", "os_version", "device")),
     (TableColumns._place, ("country", "region", "city")),
-    (TableColumns._timing, ("duration_ms", *_TIMING_KEYS)),
+    (TableColumns._timing, ("duration_ms", "duration_us", *_TIMING_KEYS)),
     (TableColumns._clicks, (*_CLICK_KEYS, "props")),
 )
 _GROUPED = {name: build for build, names in _GROUPS for name in names}

@@ -39,7 +39,7 @@ class Hit:
     referrer: str | bytes
     campaign: dict[str, str] | None = None  # only CAMPAIGN_PARAMS / CLICK_ID_PARAMS
     status: int = 0
-    duration_ms: int = 0
+    duration_ms: float = 0.0        # server time to answer, in ms (sub-millisecond precision)
     data: dict[str, Any] | None = None      # validated beacon payload
 
 

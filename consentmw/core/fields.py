@@ -56,7 +56,8 @@ COLUMNS: tuple[Column, ...] = (
     # ip (masked)
     Column("ip", "IPv6", "ip"),
     # timing
-    Column("duration_ms", "Nullable(UInt32)", "timing"),
+    Column("duration_ms", "Nullable(UInt32)", "timing"),   # rounded; kept for existing queries
+    Column("duration_us", "Nullable(UInt32)", "timing"),   # exact server time in microseconds
     Column("ttfb", "Nullable(UInt32)", "timing"),
     Column("dom_interactive", "Nullable(UInt32)", "timing"),
     Column("dom_complete", "Nullable(UInt32)", "timing"),

@@ -3,9 +3,11 @@
 Shipped with the schema (appended to `Schema.statements()`), all idempotent:
 
 * plain views over the per-purpose tables and the ledger: `stats_daily` (per site, day
-  and page), `stats_daily_site`, `traffic_sources`, `campaigns`, `consent_daily` (opt-in
-  rate, refusals and GPC share per purpose) and `consent_choices_daily` (accept all /
-  reject all / custom). They are computed at query time, so a blocked visitor's rows are
+  and page), `stats_daily_site`, `traffic_sources`, `campaigns` (page views count only
+  pages served successfully: see `successful`), `consent_daily` (opt-in rate, refusals and
+  GPC share per purpose) and `consent_choices_daily` (accept all / reject all / custom).
+  Decisions (a browser's first choice and its later changes) are counted apart from
+  withdrawals and erasures, which are not choices made in the banner. They are computed at query time, so a blocked visitor's rows are
   left out the moment they are blocked and come back the moment they are unblocked;
 * `visitor_profile`: an AggregatingMergeTree keyed by `visitor_id`, fed by the
   materialized view `visitor_profile_mv` from the personalisation table, read through the
@@ -34,7 +36,21 @@ VIEWS = ("stats_daily", "stats_daily_site", "traffic_sources", "campaigns", "con
          "consent_choices_daily", PROFILE_VIEW)
 #: Ledger actions that are choices (an erasure receipt row is not a choice).
 CHOICE_ACTIONS = ("grant", "change", "withdraw")
+#: Choices made in the banner (first decision of a browser, or a later one); a withdrawal
+#: is counted apart, never as a "reject all".
+DECISION_ACTIONS = ("grant", "change")
 _VITALS = ("ttfb", "fcp", "lcp", "inp", "cls", "load_ms", "duration_ms")
+
+
+def successful(status: str = "status") -> str:
+    """A page view that counts: the page was served (2xx, or 304 Not Modified), or a
+    single-page-app view reported by the beacon (status 0: the browser saw no error)."""
+    return f"({status} = 0 OR ({status} >= 200 AND {status} < 300) OR {status} = 304)"
+
+
+def page_view(status: str = "status") -> str:
+    """Condition for a counted page view (see `successful`)."""
+    return f"event_type = 'pageview' AND {successful(status)}"
 
 
 def statistics_purpose(policy: Policy) -> Purpose | None:
@@ -93,8 +109,11 @@ def statements(schema: Layout) -> list[str]:
         src = f"{db}.{table_for(stats.id)}"
         vh = col("visitor_hash", "toUInt64(0)")
         quantiles = []
+        pv = page_view(col("status", "toUInt16(0)"))
         for name in _VITALS:
             expr = col(name, "CAST(NULL AS Nullable(UInt32))")
+            if name == "duration_ms" and "duration_us" in col.names:
+                expr = "duration_us / 1000"  # exact: duration_ms is rounded
             short = name.replace("_ms", "")
             quantiles.append(f"quantileExactInclusive(0.5)({expr}) AS {short}_p50")
             quantiles.append(f"quantileExactInclusive(0.75)({expr}) AS {short}_p75")
@@ -102,15 +121,17 @@ def statements(schema: Layout) -> list[str]:
         keep = f"consent_id {not_in} {blocked}"
         out.append(view.format(f"{db}.stats_daily") +
                    f"SELECT toDate(ts) AS day, site, {col('path')} AS path,\n"
-                   f"  countIf(event_type = 'pageview') AS pageviews,\n"
-                   f"  uniqExactIf({vh}, event_type = 'pageview') AS visitors,\n"
+                   f"  countIf({pv}) AS pageviews,\n"
+                   f"  uniqExactIf({vh}, {pv}) AS visitors,\n"
+                   f"  countIf(event_type = 'pageview' AND NOT {successful(col('status', 'toUInt16(0)'))}) AS error_views,\n"
                    f"  {qsql}\n"
                    f"FROM {src}\nWHERE {keep}\nGROUP BY day, site, path")
         out.append(view.format(f"{db}.stats_daily_site") +
                    f"SELECT toDate(ts) AS day, site,\n"
-                   f"  countIf(event_type = 'pageview') AS pageviews,\n"
-                   f"  uniqExactIf({vh}, event_type = 'pageview') AS visitors,\n"
-                   f"  uniqExactIf({col('path')}, event_type = 'pageview') AS pages,\n"
+                   f"  countIf({pv}) AS pageviews,\n"
+                   f"  uniqExactIf({vh}, {pv}) AS visitors,\n"
+                   f"  uniqExactIf({col('path')}, {pv}) AS pages,\n"
+                   f"  countIf(event_type = 'pageview' AND NOT {successful(col('status', 'toUInt16(0)'))}) AS error_views,\n"
                    f"  {qsql}\n"
                    f"FROM {src}\nWHERE {keep}\nGROUP BY day, site")
         source = (f"multiIf({col('utm_source')} != '', {col('utm_source')}, "
@@ -125,7 +146,7 @@ def statements(schema: Layout) -> list[str]:
                    f"SELECT toDate(ts) AS day, site, {source} AS source, {medium} AS medium,\n"
                    f"  {col('referrer_host')} AS referrer_host,\n"
                    f"  count() AS pageviews, uniqExact({vh}) AS visitors\n"
-                   f"FROM {src}\nWHERE event_type = 'pageview' AND {keep}\n"
+                   f"FROM {src}\nWHERE {pv} AND {keep}\n"
                    f"GROUP BY day, site, source, medium, referrer_host")
         tags = ("utm_source", "utm_medium", "utm_campaign", "click_id_type")
         tagged = " OR ".join(f"{col(t)} != ''" for t in tags)
@@ -135,36 +156,46 @@ def statements(schema: Layout) -> list[str]:
                    f"  {col('utm_campaign')} AS utm_campaign, {col('utm_term')} AS utm_term, "
                    f"{col('utm_content')} AS utm_content, {col('click_id_type')} AS click_id_type,\n"
                    f"  count() AS pageviews, uniqExact({vh}) AS visitors\n"
-                   f"FROM {src}\nWHERE event_type = 'pageview' AND {keep} AND ({tagged})\n"
+                   f"FROM {src}\nWHERE {pv} AND {keep} AND ({tagged})\n"
                    f"GROUP BY day, site, utm_source, utm_medium, utm_campaign, utm_term, utm_content, click_id_type")
 
     optional = [p.id for p in policy.purposes if not p.required]
     required = [p.id for p in policy.purposes if p.required]
-    choice = f"action IN {_lit(CHOICE_ACTIONS)} AND consent_id {not_in} {blocked}"
+    # Every ledger row but erasure receipts; a withdrawal is kept apart from decisions.
+    ledger = f"action IN {_lit((*CHOICE_ACTIONS, 'erase'))} AND consent_id {not_in} {blocked}"
+    decision = f"action IN {_lit(DECISION_ACTIONS)}"
     skip_required = f" AND purpose NOT IN {_lit(required)}" if required else ""
     out.append(view.format(f"{db}.consent_daily") +
                "SELECT toDate(ts) AS day, site, purpose,\n"
-               "  count() AS decisions,\n"
-               "  countIf(has(granted, purpose)) AS opt_ins,\n"
-               "  countIf(has(denied, purpose)) AS refusals,\n"
-               "  round(opt_ins / decisions, 4) AS opt_in_rate,\n"
-               "  countIf(gpc) AS gpc_decisions,\n"
-               "  round(gpc_decisions / decisions, 4) AS gpc_share,\n"
+               f"  countIf({decision}) AS decisions,\n"
+               "  countIf(action = 'grant') AS first_decisions,\n"
+               "  countIf(action = 'change') AS changes,\n"
+               f"  countIf({decision} AND has(granted, purpose)) AS opt_ins,\n"
+               f"  countIf({decision} AND has(denied, purpose)) AS refusals,\n"
+               "  if(decisions = 0, NULL, round(opt_ins / decisions, 4)) AS opt_in_rate,\n"
+               "  countIf(action = 'grant' AND has(granted, purpose)) AS first_opt_ins,\n"
+               "  if(first_decisions = 0, NULL, round(first_opt_ins / first_decisions, 4)) AS first_opt_in_rate,\n"
+               f"  countIf({decision} AND gpc) AS gpc_decisions,\n"
+               "  if(decisions = 0, NULL, round(gpc_decisions / decisions, 4)) AS gpc_share,\n"
                "  countIf(action = 'withdraw') AS withdrawals,\n"
-               "  uniqExact(consent_id) AS browsers\n"
+               "  countIf(action = 'erase') AS erasures,\n"
+               f"  uniqExactIf(consent_id, {decision}) AS browsers\n"
                f"FROM {db}.consent_log\nARRAY JOIN arrayConcat(granted, denied) AS purpose\n"
-               f"WHERE {choice}{skip_required}\nGROUP BY day, site, purpose")
+               f"WHERE {ledger}{skip_required}\nGROUP BY day, site, purpose")
     opt = _lit(optional) + "::Array(String)"
     out.append(view.format(f"{db}.consent_choices_daily") +
                "SELECT toDate(ts) AS day, site,\n"
-               "  count() AS decisions,\n"
-               f"  countIf(hasAll(granted, {opt})) AS accept_all,\n"
-               f"  countIf(NOT hasAny(granted, {opt})) AS reject_all,\n"
+               f"  countIf({decision}) AS decisions,\n"
+               "  countIf(action = 'grant') AS first_decisions,\n"
+               "  countIf(action = 'change') AS changes,\n"
+               f"  countIf({decision} AND hasAll(granted, {opt})) AS accept_all,\n"
+               f"  countIf({decision} AND NOT hasAny(granted, {opt})) AS reject_all,\n"
                "  decisions - accept_all - reject_all AS custom,\n"
                "  countIf(action = 'withdraw') AS withdrawals,\n"
-               "  countIf(gpc) AS gpc_decisions,\n"
-               "  round(gpc_decisions / decisions, 4) AS gpc_share\n"
-               f"FROM {db}.consent_log\nWHERE {choice}\nGROUP BY day, site")
+               "  countIf(action = 'erase') AS erasures,\n"
+               f"  countIf({decision} AND gpc) AS gpc_decisions,\n"
+               "  if(decisions = 0, NULL, round(gpc_decisions / decisions, 4)) AS gpc_share\n"
+               f"FROM {db}.consent_log\nWHERE {ledger}\nGROUP BY day, site")
 
     personal = profile_purpose(policy)
     if personal is not None:
@@ -243,9 +274,13 @@ def _profile(schema: Layout, purpose: Purpose, not_in: str, blocked: str) -> lis
     select = ",\n  ".join(f"{expr} AS {name}" for name, _, expr in cols[1:])
     source = schema.local(table_for(purpose.id))
     mv = schema.local(PROFILE_MV) if schema.cluster else f"{db}.{PROFILE_MV}"
-    out.append(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {mv}{schema.on_cluster} TO {target} AS\n"
-               f"SELECT visitor_id,\n  {select}\nFROM {source}\n"
-               f"WHERE visitor_id != '' AND event_type = 'pageview'\nGROUP BY visitor_id")
+    status = _Cols(purpose)("status", "toUInt16(0)")
+    query = (f"SELECT visitor_id,\n  {select}\nFROM {source}\n"
+             f"WHERE visitor_id != '' AND {page_view(status)}\nGROUP BY visitor_id")
+    out.append(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {mv}{schema.on_cluster} TO {target} AS\n{query}")
+    # A view created by an older version keeps its old query: bring it up to date in place
+    # (e.g. error pages no longer enter the profile). Idempotent.
+    out.append(f"ALTER TABLE {mv}{schema.on_cluster} MODIFY QUERY\n{query}")
     out.append(f"CREATE OR REPLACE VIEW {db}.{PROFILE_VIEW}{schema.on_cluster} AS\n"
                f"{profile_select(f'{db}.{PROFILE_TABLE}')}\n"
                f"WHERE visitor_id {not_in} {blocked}\nGROUP BY visitor_id")

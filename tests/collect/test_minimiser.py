@@ -84,7 +84,8 @@ def expected_row(hit: Hit, purpose: Any, enricher: Enricher) -> dict[str, Any]:
         "os_version": agent.os_version, "device": agent.device, "language": language_tag(text(hit.language)),
         "country": place[0], "region": place[1], "city": place[2],
         "ip": masked_ip16(client_ip, purpose.ip_mask_bytes, purpose.ipv6_prefix),
-        "duration_ms": hit.duration_ms if pageview and not data else None,
+        "duration_ms": round(hit.duration_ms) if pageview and not data else None,
+        "duration_us": round(hit.duration_ms * 1000) if pageview and not data else None,
         "ttfb": data.get("ttfb"), "dom_interactive": data.get("dom_interactive"),
         "dom_complete": data.get("dom_complete"), "load_ms": data.get("load"), "fcp": data.get("fcp"),
         "lcp": data.get("lcp"), "inp": data.get("inp"), "cls": data.get("cls"),
@@ -150,7 +151,7 @@ def hit_st(draw: Any) -> Hit:
         campaign=draw(st.one_of(st.none(), st.dictionaries(
             st.sampled_from(["utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content", "ref", "gclid",
                              "fbclid"]), st.text(max_size=4), min_size=1, max_size=4))),
-        status=draw(st.integers(0, 599)), duration_ms=draw(st.integers(0, 100_000)), data=data)
+        status=draw(st.integers(0, 599)), duration_ms=draw(st.one_of(st.integers(0, 100_000), st.floats(0, 100_000, allow_nan=False))), data=data)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

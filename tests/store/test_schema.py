@@ -89,3 +89,20 @@ def test_cluster_setting_reaches_the_schema_and_refuses_chdb(tmp_path: Any) -> N
     assert Collector(settings).sink.schema.cluster == "main"
     with pytest.raises(SettingsError, match="server DSN"):
         Settings.build({"secret_key": "0123456789abcdef0123", "cluster": "main"})
+
+
+def test_an_older_profile_view_is_migrated_in_place(chdb_dsn: str, ch: Any, database: str) -> None:
+    """A store made by an older version (profile fed by every page view, no duration_us)
+    is brought up to date by migrate(): the materialized view's query and the new column."""
+    sink = ClickHouseSink(chdb_dsn, Schema(Policy.default(), database))
+    sink.client()
+    ch.command(f"ALTER TABLE {database}.visitor_profile_mv MODIFY QUERY SELECT visitor_id, anyLast(site) AS site "
+               f"FROM {database}.events_personalisation WHERE event_type = 'pageview' GROUP BY visitor_id")
+    ch.command(f"ALTER TABLE {database}.events_statistics DROP COLUMN duration_us")
+    sink.migrate()
+    query = ch.query(f"SELECT as_select FROM system.tables WHERE database = '{database}' "
+                     f"AND name = 'visitor_profile_mv'").result_rows[0][0]
+    assert "status" in query and "page_last" in query
+    cols = [r[0] for r in ch.query(f"DESCRIBE TABLE {database}.events_statistics").result_rows]
+    assert "duration_us" in cols
+    sink.close()
