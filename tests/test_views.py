@@ -225,5 +225,5 @@ async def test_consent_views_separate_decisions_changes_withdrawals_and_erasures
     # erasure are counted apart and not as choices
     assert row == [(3, 2, 1, 2, 1, 0, 1, 1)]
     stats = ch.query(f"SELECT decisions, first_decisions, changes, opt_ins, refusals, opt_in_rate, first_opt_in_rate, "
-                     f"withdrawals, erasures FROM {database}.consent_daily WHERE purpose = 'statistics'").result_rows
-    assert stats == [(3, 2, 1, 2, 1, pytest.approx(0.6667), 0.5, 1, 1)]
+                     f"withdrawals FROM {database}.consent_daily WHERE purpose = 'statistics'").result_rows
+    assert stats == [(3, 2, 1, 2, 1, pytest.approx(0.6667), 0.5, 1)]

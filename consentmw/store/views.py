@@ -161,7 +161,8 @@ def statements(schema: Layout) -> list[str]:
 
     optional = [p.id for p in policy.purposes if not p.required]
     required = [p.id for p in policy.purposes if p.required]
-    # Every ledger row but erasure receipts; a withdrawal is kept apart from decisions.
+    # Decisions, withdrawals and erasure receipts, each counted apart. An erasure row lists
+    # no purposes (the consent ended), so it appears in consent_choices_daily only.
     ledger = f"action IN {_lit((*CHOICE_ACTIONS, 'erase'))} AND consent_id {not_in} {blocked}"
     decision = f"action IN {_lit(DECISION_ACTIONS)}"
     skip_required = f" AND purpose NOT IN {_lit(required)}" if required else ""
@@ -178,7 +179,6 @@ def statements(schema: Layout) -> list[str]:
                f"  countIf({decision} AND gpc) AS gpc_decisions,\n"
                "  if(decisions = 0, NULL, round(gpc_decisions / decisions, 4)) AS gpc_share,\n"
                "  countIf(action = 'withdraw') AS withdrawals,\n"
-               "  countIf(action = 'erase') AS erasures,\n"
                f"  uniqExactIf(consent_id, {decision}) AS browsers\n"
                f"FROM {db}.consent_log\nARRAY JOIN arrayConcat(granted, denied) AS purpose\n"
                f"WHERE {ledger}{skip_required}\nGROUP BY day, site, purpose")
