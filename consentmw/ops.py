@@ -7,6 +7,7 @@ import os
 
 from consentmw.core.policy import Policy
 from consentmw.core.settings import DEFAULT_DSN
+from consentmw.store.dsn import choose_database, parse_dsn
 from consentmw.store.schema import Schema
 from consentmw.store.sink import ClickHouseSink
 
@@ -20,4 +21,5 @@ def open_sink(args: argparse.Namespace) -> ClickHouseSink:
     dsn = getattr(args, "dsn", None) or os.environ.get("CONSENTMW_CLICKHOUSE_DSN") or DEFAULT_DSN
     database = getattr(args, "database", None) or os.environ.get("CONSENTMW_DATABASE") or "consentmw"
     cluster = os.environ.get("CONSENTMW_CLICKHOUSE_CLUSTER") or None
+    database = choose_database(parse_dsn(dsn), database)
     return ClickHouseSink(dsn, Schema(load_policy(getattr(args, "policy", None)), database, cluster))

@@ -30,6 +30,7 @@ from consentmw.collect.hit import Hit
 from consentmw.collect.minimise import Minimiser
 from consentmw.core.ledger import ConsentRecord
 from consentmw.core.settings import Settings
+from consentmw.store.dsn import choose_database, parse_dsn
 from consentmw.store.schema import Schema
 from consentmw.store.sink import ClickHouseSink, SinkError, StoreLockedError
 from consentmw.store.spool import Spool
@@ -70,8 +71,10 @@ class Collector:
         self.policy = settings.policy
         self.enricher = Enricher(settings.trusted_proxies, settings.geoip_db, proof_key(settings.secret_key[0]))
         self.minimiser = Minimiser(self.policy, self.enricher)
-        self.sink = sink or ClickHouseSink(settings.clickhouse_dsn, Schema(self.policy, settings.database,
-                                                                                  settings.cluster))
+        if sink is None:
+            database = choose_database(parse_dsn(settings.clickhouse_dsn), settings.database)
+            sink = ClickHouseSink(settings.clickhouse_dsn, Schema(self.policy, database, settings.cluster))
+        self.sink = sink
         self.spool = Spool(settings.spool_dir, settings.spool_max_bytes)
         self.stats = Stats()
         self.writer = Writer(self.minimiser.process, self.sink, self.spool, self.stats,
@@ -177,5 +180,6 @@ class Collector:
             "spool_quarantined": len(spool.quarantined()),
             "bots_ignored": self.minimiser.counts.bots,
             "writer_running": self.writer.running,
+            "store": self.sink.dsn,  # the password is never shown
             **stats,
         }

@@ -12,10 +12,10 @@ import math
 import os
 import threading
 from typing import Any
-from urllib.parse import urlsplit
 
 import pyarrow as pa
 
+from consentmw.store.dsn import parse_dsn, scrub
 from consentmw.store.schema import SCHEMA_VERSION, Schema
 
 
@@ -25,6 +25,11 @@ class SinkError(RuntimeError):
 
 class StoreLockedError(SinkError):
     """The chDB directory belongs to another process."""
+
+
+class StoreConfigError(SinkError):
+    """The server answers but refuses us (credentials, rights, missing database): retrying
+    cannot help until an operator fixes the DSN or the server; events spool meanwhile."""
 
 
 def _locked_elsewhere(path: str) -> bool:
@@ -55,14 +60,19 @@ def _locked_elsewhere(path: str) -> bool:
 
 def resolve_dsn(dsn: str) -> tuple[str, str | None]:
     """Normalise a DSN; for chDB return the absolute data directory as well."""
-    if dsn.startswith("chdb://"):
-        path = dsn[len("chdb://"):] or "./consentmw-data"
-        path = os.path.abspath(os.path.expanduser(path))
-        return "chdb://" + path, path
-    scheme = urlsplit(dsn).scheme
-    if scheme not in ("http", "https", "clickhouse", "clickhouses"):
-        raise ValueError(f"unsupported ClickHouse DSN {dsn!r}: use chdb:///dir or http(s)://host:8123")
-    return dsn, None
+    parsed = parse_dsn(dsn)
+    return ("chdb://" + parsed.chdb_path if parsed.chdb_path else parsed.text), parsed.chdb_path
+
+
+#: ClickHouse exception codes that no retry can fix: the DSN or the server's users must change
+_CONFIG_ERRORS = {
+    516: "refused the credentials (AUTHENTICATION_FAILED): check the user and password in the DSN",
+    192: "knows no such user (UNKNOWN_USER): check the user in the DSN",
+    193: "refused the password (WRONG_PASSWORD): check the password in the DSN",
+    194: "requires a password (REQUIRED_PASSWORD): add one to the DSN",
+    497: "denied access (ACCESS_DENIED): grant the user rights on the database",
+    81: "has no such database (UNKNOWN_DATABASE): create it, or name an existing one in the DSN",
+}
 
 
 class ClickHouseSink:
@@ -70,7 +80,10 @@ class ClickHouseSink:
 
     def __init__(self, dsn: str, schema: Schema, *, connect_timeout: float = 3.0,
                  send_receive_timeout: float = 10.0) -> None:
-        self.dsn, self.chdb_path = resolve_dsn(dsn)
+        self.address = parse_dsn(dsn)
+        self.chdb_path = self.address.chdb_path
+        #: the DSN for messages: the password is never shown
+        self.dsn = "chdb://" + self.chdb_path if self.chdb_path else self.address.redacted
         self.schema = schema
         self.database = schema.database
         # clickhouse-connect truncates timeouts to whole seconds: below 1 s would mean "none".
@@ -102,18 +115,30 @@ class ClickHouseSink:
             if self.chdb_path is not None:
                 os.makedirs(self.chdb_path, exist_ok=True)
                 return clickhouse_connect.get_client(dsn=self.dsn)
-            return clickhouse_connect.get_client(
-                dsn=self.dsn, connect_timeout=self._connect_timeout,
-                send_receive_timeout=self._timeout, autogenerate_session_id=False)
+            options: dict[str, Any] = {"connect_timeout": self._connect_timeout,
+                                       "send_receive_timeout": self._timeout,
+                                       "autogenerate_session_id": False, **self.address.client_kwargs}
+            return clickhouse_connect.get_client(**options)
         except Exception as exc:  # noqa: BLE001 - every driver error means "not reachable now"
-            message = str(exc)
+            message = scrub(str(exc), self.address)
             if self.chdb_path and ("lock" in message.lower() or _locked_elsewhere(self.chdb_path)):
                 raise StoreLockedError(
                     f"the chDB data directory {self.chdb_path} is in use by another process. "
                     "chDB allows one process per directory: run a single worker, or point "
                     "CONSENTMW_CLICKHOUSE_DSN at a ClickHouse server (http://host:8123) for several."
                 ) from None
-            raise SinkError(f"cannot connect to ClickHouse at {self.dsn}: {message.splitlines()[0][:300]}") from exc
+            self._refused(exc)
+            first = message.splitlines()[0][:300] if message else type(exc).__name__
+            raise SinkError(f"cannot connect to ClickHouse at {self.dsn}: {first}") from exc
+
+    def _refused(self, exc: Exception) -> None:
+        """Raise StoreConfigError if the server refused us for a reason no retry can fix."""
+        problem = _CONFIG_ERRORS.get(getattr(exc, "code", None) or 0)
+        if problem is not None:
+            user = self.address.client_kwargs.get("username", "default")
+            db = self.address.database
+            raise StoreConfigError(f"ClickHouse at {self.address.where} (user {user!r}"
+                                   f"{f', database {db!r}' if db else ''}) {problem}") from None
 
     def migrate(self, client: Any | None = None) -> None:
         """Create or upgrade the schema (idempotent)."""
@@ -127,7 +152,8 @@ class ClickHouseSink:
                 f"WHERE version = {SCHEMA_VERSION} AND policy_version = %(v)s)",
                 parameters={"v": self.schema.policy.version})
         except Exception as exc:  # noqa: BLE001
-            raise SinkError(f"schema migration failed: {str(exc).splitlines()[0][:300]}") from exc
+            self._refused(exc)
+            raise SinkError(f"schema migration failed: {scrub(str(exc), self.address).splitlines()[0][:300]}") from exc
 
     def close(self) -> None:
         with self._lock:

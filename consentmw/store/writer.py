@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from consentmw.store.sink import ClickHouseSink, SinkError
+from consentmw.store.sink import ClickHouseSink, SinkError, StoreConfigError
 from consentmw.store.spool import Record, Spool, SpoolFull
 
 log = logging.getLogger("consentmw.writer")
@@ -49,6 +49,9 @@ Process = Callable[[Iterable[Any]], dict[str, pa.Table]]
 #: to the quarantine after this many attempts, so one bad batch cannot block the spool.
 POISON_ATTEMPTS = 5
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
+#: A store that refuses us (credentials, rights, missing database) waits for an operator:
+#: retry it no faster than this.
+BACKOFF_REFUSED = 5.0
 
 
 @dataclass
@@ -327,6 +330,8 @@ class Writer:
         self.stats.sink_healthy = False
         self.stats.add("insert_failures", 1)
         self.stats.last_error = str(exc)[:300]
+        if isinstance(exc, StoreConfigError):
+            self._backoff = max(self._backoff, BACKOFF_REFUSED)
         self._retry_at = time.monotonic() + self._backoff * (0.5 + random.random())
         self._backoff = min(self._backoff * 2, BACKOFF_MAX)
         if was_healthy and not quiet:
@@ -337,7 +342,10 @@ class Writer:
         try:
             self.sink.client()
         except SinkError as exc:
-            if not self._ever_healthy and not self.stats.last_error:
+            if isinstance(exc, StoreConfigError):
+                if self.stats.last_error != str(exc)[:300]:  # once per distinct refusal
+                    log.error("consentmw: %s; events are spooled until it is fixed", exc)
+            elif not self._ever_healthy and not self.stats.last_error:
                 log.warning("consentmw: ClickHouse not reachable (%s); events will be spooled", exc)
             self._failed(exc, quiet=True)
             return False
