@@ -31,8 +31,9 @@ _WANTS_CACHE_SIZE = 8192
 _COOKIE_CACHE_SIZE = 4096
 _MISSING: Any = object()
 #: request headers the middleware reads, and where each goes in its list of found values
+#: (the forwarding header in slot 5 is the one `forwarded_header` names)
 _HEADER_SLOTS = {b"cookie": 0, b"user-agent": 1, b"accept-language": 2, b"referer": 3, b"host": 4,
-                 b"x-forwarded-for": 5, b"forwarded": 5, b"sec-gpc": 6}
+                 b"sec-gpc": 6}
 
 
 class ConsentMiddleware:
@@ -62,6 +63,7 @@ class ConsentMiddleware:
         self._exclude_ext = tuple(e.lower() for e in self.settings.exclude_extensions)
         self._cookie_cache: dict[bytes, str | None] = {}
         self._wants_cache: dict[str, bool] = {}
+        self._slots = {**_HEADER_SLOTS, self.settings.forwarded_header.encode(): 5}
 
     # ---------------------------------------------------------------- ASGI entry
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -80,12 +82,14 @@ class ConsentMiddleware:
 
         # One dict look-up per header (browsers send 10-20, most of no interest here).
         found = [b"", b"", b"", b"", b"", b"", b""]
-        slot_of = _HEADER_SLOTS.get
+        slot_of = self._slots.get
         for key, value in scope["headers"]:
             slot = slot_of(key)
             if slot is not None:
-                if slot == 0 and found[0]:  # HTTP/2 may split cookies over several headers
-                    value = found[0] + b"; " + value
+                if found[slot] and (slot == 0 or slot == 5):
+                    # HTTP/2 may split cookies over several headers; proxies may add a
+                    # forwarding line each: one list, as RFC 9110 reads repeated headers.
+                    value = found[slot] + (b"; " if slot == 0 else b", ") + value
                 found[slot] = value
         cookie, user_agent, language, referrer, host, forwarded, gpc_header = found
         # Browsers repeat the same Cookie header request after request: remember the consent

@@ -69,7 +69,8 @@ class Collector:
     def __init__(self, settings: Settings, sink: ClickHouseSink | None = None) -> None:
         self.settings = settings
         self.policy = settings.policy
-        self.enricher = Enricher(settings.trusted_proxies, settings.geoip_db, proof_key(settings.secret_key[0]))
+        self.enricher = Enricher(settings.trusted_proxies, settings.geoip_db, proof_key(settings.secret_key[0]),
+                                 settings.forwarded_header)
         self.minimiser = Minimiser(self.policy, self.enricher)
         if sink is None:
             database = choose_database(parse_dsn(settings.clickhouse_dsn), settings.database)

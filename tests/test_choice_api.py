@@ -132,8 +132,15 @@ def test_cookie_secure_on_https_and_domain_and_max_age(offline: Factory) -> None
     assert attrs["domain"].lstrip(".") == "example.com"
     assert attrs["max-age"] == "3600"
     assert attrs["samesite"].lower() == "lax" and attrs["path"] == "/"
+    # X-Forwarded-Proto counts only from a trusted proxy (the ASGI test client's peer is 127.0.0.1)
     _, attrs = the_cookie(post(mw, {"all": False}, headers={"x-forwarded-proto": "https"}))
+    assert "secure" not in attrs
+    behind = offline(cookie_domain=".example.com", trusted_proxies=["127.0.0.1"])
+    _, attrs = the_cookie(post(behind, {"all": False}, headers={"x-forwarded-proto": "https"}))
     assert "secure" in attrs
+    behind = offline(cookie_domain=".example.com", trusted_proxies=["10.0.0.0/8"])
+    _, attrs = the_cookie(post(behind, {"all": False}, headers={"x-forwarded-proto": "https"}))
+    assert "secure" not in attrs
 
 
 def test_cookie_secure_setting_overrides(offline: Factory) -> None:

@@ -247,3 +247,34 @@ async def test_canary_values_reach_only_permitted_columns(make_app: Any, ch: Any
             assert BY_NAME[name].category == "referrer", name
         if canaries["page"] in text:
             assert BY_NAME[name].category == "page", name
+
+
+@pytest.mark.parametrize("header, lines", [
+    ("x-forwarded-for", ["81.2.69.1", "2a02:1810::99"]),                     # the client's line, then the proxy's
+    ("x-forwarded-for", ["81.2.69.1, 2a02:1810::99", "10.9.9.9"]),           # a combined line and a trusted hop
+    ("forwarded", ['for="81.2.69.1:443"', 'for="[2a02:1810::99]:51234";proto=https']),
+])
+async def test_one_forwarding_chain_for_hits_beacons_and_the_ledger(tmp_path: Path, make_app: Any, ch: Any,
+                                                                    database: str, header: str,
+                                                                    lines: list[str]) -> None:
+    """Several header lines are one list; the rightmost untrusted hop is the client for the page
+    hit, the beacon event and the consent record alike (the spoofed London address never counts)."""
+    mw = make_app(geoip_db=str(make_mmdb(tmp_path / "geo.mmdb")), trusted_proxies=["10.0.0.0/8"],
+                  forwarded_header=header)
+    transport = httpx.ASGITransport(app=mw, client=("10.1.2.3", 50123))
+    # https: the Forwarded case says proto=https, so the cookie is Secure
+    async with httpx.AsyncClient(transport=transport, base_url="https://site.test",
+                                 headers={"user-agent": BROWSER_UA}) as c:
+        extra = [(header, line) for line in lines]
+        r = await c.post("/_consent/choice", json={"all": True}, headers=httpx.Headers(extra))
+        assert r.status_code == 200
+        assert (await c.get("/articles/p", headers=httpx.Headers(extra))).status_code == 200
+        r = await c.post("/_consent/collect", json={"events": [{"type": "pageview", "path": "/spa/x"}]},
+                         headers=httpx.Headers(extra))
+        assert r.status_code == 202
+    mw.collector.flush()
+    by_path = {r["path"]: r for r in rows(ch, database, "events_personalisation")}
+    assert {p: (r["country"], r["city"]) for p, r in by_path.items()} == {
+        "/articles/p": ("KZ", "Almaty"), "/spa/x": ("KZ", "Almaty")}
+    [ledger] = rows(ch, database, "consent_log")
+    assert str(ledger["ip"]) == "2a02:1810::"

@@ -28,8 +28,9 @@ def proof_token(key: bytes, consent_id: str, day: int) -> str:
 
 
 class Enricher:
-    def __init__(self, trusted_proxies: list[str], geoip_db: str | None, proof_key: bytes) -> None:
-        self.proxies = TrustedProxies(trusted_proxies)
+    def __init__(self, trusted_proxies: list[str], geoip_db: str | None, proof_key: bytes,
+                 forwarded_header: str = "x-forwarded-for") -> None:
+        self.proxies = TrustedProxies(trusted_proxies, forwarded_header)
         self.geo = GeoLocator(geoip_db)
         self.salts = DailySalts()
         self._proof_key = proof_key

@@ -39,6 +39,7 @@ class Settings:
     cookie_max_age: int = 180 * 86400
     cookie_secure: bool | None = None          # None: Secure when the request is https
     trusted_proxies: list[str] = field(default_factory=list)
+    forwarded_header: str = "x-forwarded-for"  # or "forwarded" (RFC 7239): the one header the proxies set
     allowed_origins: list[str] = field(default_factory=list)
     collect: bool = True                       # capture server-side page hits
     exclude_paths: list[str] = field(default_factory=lambda: ["/static/", "/favicon.ico", "/robots.txt"])
@@ -67,6 +68,7 @@ class Settings:
         "cluster": "CONSENTMW_CLICKHOUSE_CLUSTER",
         "geoip_db": "CONSENTMW_GEOIP_DB",
         "trusted_proxies": "CONSENTMW_TRUSTED_PROXIES",
+        "forwarded_header": "CONSENTMW_FORWARDED_HEADER",
         "cookie_domain": "CONSENTMW_COOKIE_DOMAIN",
     }
 
@@ -105,6 +107,10 @@ class Settings:
                 ipaddress.ip_network(net, strict=False)
             except ValueError:
                 raise SettingsError(f"trusted_proxies: {net!r} is not an IP address or network") from None
+        forwarded_header = str(values.get("forwarded_header", "x-forwarded-for")).lower()
+        if forwarded_header not in ("x-forwarded-for", "forwarded"):
+            raise SettingsError("forwarded_header must be 'x-forwarded-for' or 'forwarded'")
+        values["forwarded_header"] = forwarded_header
         if values.get("cluster") and str(values.get("clickhouse_dsn", DEFAULT_DSN)).startswith("chdb://"):
             raise SettingsError("cluster needs a ClickHouse server DSN (http://host:8123), not embedded chDB")
         prefix = values.get("prefix", "/_consent")

@@ -16,8 +16,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from consentmw.collect.hit import Hit
+from consentmw.collect.ip import ClientView, TrustedProxies, joined_header
 from consentmw.core.consent import COOKIE_NAME, ConsentCodec, ConsentState, new_id
-from consentmw.web.http import HTTPProblem, check_same_origin, cookie_value, header, parse_json, read_body
+from consentmw.web.http import (HTTPProblem, check_same_origin, cookie_value, header, origin_of, parse_json,
+                                read_body)
 from consentmw.core.ledger import ACTION_CHANGE, ACTION_GRANT, ACTION_WITHDRAW, ConsentRecord
 from consentmw.core.policy import LANGUAGES, Policy
 from consentmw.core.settings import Settings
@@ -44,6 +46,9 @@ class ConsentAPI:
         self.codec = codec
         self.collector = collector
         self.prefix = settings.prefix
+        #: decides client address, scheme and host alike for every endpoint (origin checks,
+        #: the cookie's Secure flag, rate limits, the ledger)
+        self.proxies = TrustedProxies(settings.trusted_proxies, settings.forwarded_header)
         self.routes: dict[tuple[str, str], Handler] = {}
         self.prefix_routes: list[tuple[str, str, Handler]] = []
         self._policy_cache: dict[str, dict[str, Any]] = {}
@@ -84,6 +89,34 @@ class ConsentAPI:
         await response(scope, receive, send)
 
     # -- helpers shared by handlers ------------------------------------------
+    def client(self, scope: Scope) -> ClientView:
+        """The client as the trusted proxies describe it (computed once per request)."""
+        view = scope.get("consentmw.client")
+        if view is None:
+            peer = (scope.get("client") or ("", 0))[0] or ""
+            view = scope["consentmw.client"] = self.proxies.view(peer, scope["headers"])
+        return view
+
+    def scheme(self, scope: Scope) -> str:
+        """http or https: what the browser used, as far as a trusted proxy vouches for it."""
+        scheme = self.client(scope).scheme or scope.get("scheme", "http")
+        return {"ws": "http", "wss": "https"}.get(scheme, scheme)
+
+    def own_origin(self, scope: Scope) -> str:
+        view = self.client(scope)
+        if view.scheme is None and view.host is None:
+            return origin_of(scope)
+        host = (view.host or header(scope, b"host") or "").lower()
+        return f"{self.scheme(scope)}://{host}"
+
+    def check_origin(self, scope: Scope) -> None:
+        """Refuse cross-origin requests (403), comparing with the origin the proxies vouch for."""
+        check_same_origin(scope, self.settings.allowed_origins, self.own_origin(scope))
+
+    def forwarded(self, scope: Scope) -> str:
+        """The configured forwarding header, all its lines as one list (resolved on the writer thread)."""
+        return joined_header(scope["headers"], self.proxies.header_name).decode("latin-1")
+
     def current(self, request: Request, *, any_version: bool = False) -> ConsentState | None:
         """The visitor's valid recorded consent (before GPC narrowing), or None.
 
@@ -124,7 +157,8 @@ class ConsentAPI:
     def set_cookie(self, response: Response, request: Request, value: str, max_age: int | None = None) -> None:
         secure = self.settings.cookie_secure
         if secure is None:
-            secure = request.url.scheme in ("https", "wss") or header(request.scope, b"x-forwarded-proto") == "https"
+            # Only the connection or a trusted proxy says https: a client's own X-Forwarded-Proto never does.
+            secure = self.scheme(request.scope) == "https"
         # Not HttpOnly on purpose: the banner reads the (signed, non-secret) payload so a
         # returning visitor needs no request to know their choice. It holds no personal data.
         response.set_cookie(COOKIE_NAME, value, path="/",
@@ -145,7 +179,7 @@ class ConsentAPI:
             policy_version=self.policy.version, granted=sorted(state.granted),
             denied=sorted(self.policy.ids - state.granted), source=state.source, gpc=state.gpc,
             language=lang, texts_hash=self.policy.texts_hash(lang), page=page[:512],
-            peer_ip=client[0] or "", forwarded_for=(header(scope, b"x-forwarded-for") or "")[:512],
+            peer_ip=client[0] or "", forwarded_for=self.forwarded(scope)[:512],
             user_agent=(header(scope, b"user-agent") or "")[:512],
             site=(header(scope, b"host") or "").split(":")[0][:255], visitor_id=state.visitor_id,
         )
@@ -159,7 +193,7 @@ class ConsentAPI:
 
     async def post_choice(self, request: Request) -> Response:
         scope = request.scope
-        check_same_origin(scope, self.settings.allowed_origins)
+        self.check_origin(scope)
         ctype = (header(scope, b"content-type") or "").split(";")[0].strip().lower()
         if ctype != "application/json":
             raise HTTPProblem(415, "expected Content-Type: application/json")
@@ -200,7 +234,7 @@ class ConsentAPI:
         return self._decide(request, granted, gpc, ACTION_GRANT, lang, page)
 
     async def delete_choice(self, request: Request) -> Response:
-        check_same_origin(request.scope, self.settings.allowed_origins)
+        self.check_origin(request.scope)
         gpc = header(request.scope, b"sec-gpc") == "1"
         lang = request.query_params.get("lang", "en")
         return self._decide(request, set(), gpc, ACTION_WITHDRAW, lang if lang in LANGUAGES else "en",

@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response
 from consentmw.web.api import ConsentAPI
 from consentmw.collect.beacon import BODY_LIMIT, BeaconError, validate_batch
 from consentmw.collect.hit import Hit
-from consentmw.web.http import HTTPProblem, check_same_origin, header, header_bytes, parse_json, read_body
+from consentmw.web.http import HTTPProblem, header, header_bytes, parse_json, read_body
 from consentmw.core.ratelimit import TokenBuckets
 
 _TYPES = ("application/json", "text/plain")
@@ -20,18 +20,16 @@ def register(api: ConsentAPI) -> None:
     settings = api.settings
     buckets = TokenBuckets(settings.collect_rate, settings.collect_burst)
     collector = api.collector
-    resolve_ip = getattr(getattr(collector, "enricher", None), "client_ip", None)
 
     async def collect(request: Request) -> Response:
         scope = request.scope
-        check_same_origin(scope, settings.allowed_origins)
+        api.check_origin(scope)
         ctype = (header(scope, b"content-type") or "").split(";")[0].strip().lower()
         if ctype not in _TYPES:
             raise HTTPProblem(415, "expected Content-Type: application/json or text/plain")
         peer = (scope.get("client") or ("", 0))[0] or ""
-        forwarded = header(scope, b"x-forwarded-for") or header(scope, b"forwarded") or ""
-        client_ip = resolve_ip(peer, forwarded) if resolve_ip else peer
-        if not buckets.allow(client_ip):
+        forwarded = api.forwarded(scope)
+        if not buckets.allow(api.client(scope).ip):
             _count(collector, "rate_limited")
             return JSONResponse({"error": "too many requests"}, status_code=429, headers={"Retry-After": "1"})
         body = await read_body(request.receive, scope, BODY_LIMIT)

@@ -132,12 +132,13 @@ def origin_of(scope: Scope) -> str:
     return f"{ws.get(scheme, scheme)}://{host.lower()}"
 
 
-def check_same_origin(scope: Scope, allowed: Iterable[str] = ()) -> None:
+def check_same_origin(scope: Scope, allowed: Iterable[str] = (), own: str | None = None) -> None:
     """Refuse (403) a request a browser marked as coming from another site.
 
     Browsers send `Origin` on every POST/DELETE and `Sec-Fetch-Site` on every request;
     clients without them (curl, server-to-server) cannot carry a visitor's cookie
-    across sites, so their absence is not a CSRF risk.
+    across sites, so their absence is not a CSRF risk. `own` is this request's origin as
+    the trusted proxies describe it (default: the connection's scheme and Host).
     """
     site = header(scope, b"sec-fetch-site")
     if site is not None and site not in ("same-origin", "none"):
@@ -145,7 +146,7 @@ def check_same_origin(scope: Scope, allowed: Iterable[str] = ()) -> None:
         if not (site == "same-site" and origin is not None and origin in allowed):
             raise HTTPProblem(403, f"cross-origin request refused (Sec-Fetch-Site: {site[:20]})")
     origin = header(scope, b"origin")
-    if origin is not None and origin != origin_of(scope) and origin not in allowed:
+    if origin is not None and origin != (own or origin_of(scope)) and origin not in allowed:
         raise HTTPProblem(403, "cross-origin request refused (Origin does not match)")
 
 

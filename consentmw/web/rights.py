@@ -32,7 +32,7 @@ def register(api: "ConsentAPI") -> None:
     """GET /me, POST /me/block, POST /me/unblock, DELETE /me; DELETE /choice?erase=true."""
     from consentmw.core.ledger import ACTION_ERASE, erasure_proof
     from consentmw.core.policy import LANGUAGES
-    from consentmw.web.http import HTTPProblem, check_same_origin, json_response
+    from consentmw.web.http import HTTPProblem, json_response
 
     collector = api.collector
     sink = getattr(collector, "sink", None)
@@ -61,7 +61,7 @@ def register(api: "ConsentAPI") -> None:
             writer.replay()
 
     def authenticate(request: "Request") -> "ConsentState":
-        check_same_origin(request.scope, api.settings.allowed_origins)
+        api.check_origin(request.scope)
         state = api.current(request, any_version=True)
         if state is None or not state.id:
             raise HTTPProblem(401, "no valid consent cookie: your data is reachable only from the browser "

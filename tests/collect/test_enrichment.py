@@ -12,7 +12,8 @@ from netaddr import IPSet
 from consentmw.collect.enrich import language_tag
 from consentmw.collect.geo import GeoLocator, NOWHERE
 from consentmw.collect.hit import campaign_params
-from consentmw.collect.ip import TrustedProxies, ip16_to_str, masked_ip16, parse_ip
+from consentmw.collect.ip import (ClientView, TrustedProxies, ip16_to_str, joined_header, masked_ip16, parse_forwarded,
+                                  parse_ip)
 from consentmw.collect.referrer import parse_referrer
 from consentmw.collect.salt import DailySalts
 from consentmw.collect.useragent import parse_agent
@@ -54,9 +55,64 @@ def test_forwarded_for_only_from_trusted_proxies() -> None:
     assert proxies.client_ip("10.0.0.5", "1.2.3.4, 198.51.100.7") == "198.51.100.7"
     assert proxies.client_ip("203.0.113.9", "198.51.100.7") == "203.0.113.9"
     assert proxies.client_ip("10.0.0.5", "garbage, ###") == "10.0.0.5"
-    assert proxies.client_ip("::1", 'for="[2001:db8::7]:4711";proto=https') == "2001:db8::7"
-    assert proxies.client_ip("10.0.0.5", "for=192.0.2.60;proto=http;by=203.0.113.43") == "192.0.2.60"
+    # X-Forwarded-For is never read as RFC 7239, whatever a client writes into it
+    assert proxies.client_ip("10.0.0.5", "for=192.0.2.60") == "10.0.0.5"
     assert TrustedProxies([]).client_ip("10.0.0.5", "198.51.100.7") == "10.0.0.5"
+    rfc = TrustedProxies(["10.0.0.0/8", "::1"], "forwarded")
+    assert rfc.client_ip("::1", 'for="[2001:db8::7]:4711";proto=https') == "2001:db8::7"
+    assert rfc.client_ip("10.0.0.5", "for=192.0.2.60;proto=http;by=203.0.113.43") == "192.0.2.60"
+    # a plain X-Forwarded-For list is not a Forwarded value
+    assert rfc.client_ip("10.0.0.5", "198.51.100.7") == "10.0.0.5"
+
+
+@pytest.mark.parametrize("lines, expected", [
+    ([b"6.6.6.6", b"198.51.100.7"], "198.51.100.7"),           # two lines: one list, rightmost wins
+    ([b"6.6.6.6, 198.51.100.7", b"10.0.0.9"], "198.51.100.7"),  # trusted hop on its own line is skipped
+    ([b"198.51.100.7", b"10.0.0.9, 10.0.0.8"], "198.51.100.7"),
+    ([b"6.6.6.6", b"garbage"], "10.0.0.5"),                    # unparseable hop: stop at the proxy
+])
+def test_x_forwarded_for_lines_are_one_list(lines: list[bytes], expected: str) -> None:
+    proxies = TrustedProxies(["10.0.0.0/8"])
+    headers = [(b"x-forwarded-for", line) for line in lines]
+    assert proxies.view("10.0.0.5", headers).ip == expected
+    assert proxies.client_ip("10.0.0.5", joined_header(headers, b"x-forwarded-for").decode()) == expected
+
+
+@pytest.mark.parametrize("value, expected", [
+    ('for="[2001:db8:cafe::17]:4711"', [{"for": "[2001:db8:cafe::17]:4711"}]),
+    ('for=192.0.2.60;proto=http;by=203.0.113.43', [{"for": "192.0.2.60", "proto": "http", "by": "203.0.113.43"}]),
+    ('for=192.0.2.43, for=198.51.100.17', [{"for": "192.0.2.43"}, {"for": "198.51.100.17"}]),
+    ('For="_gazonk"; HOST="a,b;c" ,for=unknown', [{"for": "_gazonk", "host": "a,b;c"}, {"for": "unknown"}]),
+    ('for="\\"quoted\\"";proto=https', [{"for": '"quoted"', "proto": "https"}]),
+    ('junk;for=192.0.2.1', [{"for": "192.0.2.1"}]),
+    ('', []),
+])
+def test_forwarded_header_parsed_per_rfc_7239(value: str, expected: list[dict[str, str]]) -> None:
+    assert parse_forwarded(value) == expected
+
+
+def test_forwarded_quotes_ports_and_brackets_resolve_the_client() -> None:
+    rfc = TrustedProxies(["10.0.0.0/8", "2001:db8:ffff::/48"], "forwarded")
+    headers = [(b"forwarded", b'for="[2001:db8:cafe::17]:4711";proto=https;host="shop.example:8443"'),
+               (b"forwarded", b'for="10.1.1.1:80";proto=http')]
+    view = rfc.view("2001:db8:ffff::1", headers)
+    assert view == ClientView("2001:db8:cafe::17", "https", "shop.example:8443")
+    # the same chain from a peer nobody trusts: the peer itself, and no scheme or host
+    assert rfc.view("2001:db8:eeee::1", headers) == ClientView("2001:db8:eeee::1")
+    # obfuscated / unknown nodes end the walk at the last trusted proxy
+    assert rfc.view("10.0.0.5", [(b"forwarded", b"for=unknown;proto=https")]).ip == "10.0.0.5"
+
+
+def test_x_forwarded_proto_and_host_only_from_trusted_proxies() -> None:
+    proxies = TrustedProxies(["127.0.0.1"])
+    headers = [(b"x-forwarded-for", b"198.51.100.7"), (b"x-forwarded-proto", b"https"),
+               (b"x-forwarded-host", b"shop.example")]
+    assert proxies.view("127.0.0.1", headers) == ClientView("198.51.100.7", "https", "shop.example")
+    assert proxies.view("127.0.0.2", headers) == ClientView("127.0.0.2")
+    # values that are not a scheme or a host name are ignored
+    bad = [(b"x-forwarded-for", b"198.51.100.7"), (b"x-forwarded-proto", b"javascript"),
+           (b"x-forwarded-host", b"evil.example/path?x")]
+    assert proxies.view("127.0.0.1", bad) == ClientView("198.51.100.7")
 
 
 def test_parse_ip_rejects_garbage() -> None:
