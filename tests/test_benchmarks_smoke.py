@@ -43,7 +43,7 @@ def test_run_all_markdown(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     text = out.read_text()
     assert "<!-- results:start -->" in text and "<!-- results:end -->" in text
-    assert "| consentmw total |" in text
+    assert "| consentmw first visit (en) |" in text
     # Regenerating keeps what is written outside the markers.
     out.write_text("intro\n\n" + text + "\ndiscussion\n")
     res = run(str(BENCH / "run_all.py"), "--quick", "--only", "banner_size", "--markdown", "--output", str(out))

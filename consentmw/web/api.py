@@ -23,6 +23,7 @@ from consentmw.web.http import (HTTPProblem, check_same_origin, cookie_value, he
 from consentmw.core.ledger import ACTION_CHANGE, ACTION_GRANT, ACTION_WITHDRAW, ConsentRecord
 from consentmw.core.policy import LANGUAGES, Policy
 from consentmw.core.settings import Settings
+from consentmw.web.state import StateAnswers, public_policy
 
 CHOICE_BODY_LIMIT = 8 * 1024
 _CHOICE_KEYS = frozenset({"granted", "all", "lang", "page"})
@@ -52,6 +53,7 @@ class ConsentAPI:
         self.routes: dict[tuple[str, str], Handler] = {}
         self.prefix_routes: list[tuple[str, str, Handler]] = []
         self._policy_cache: dict[str, dict[str, Any]] = {}
+        self.state_answers = StateAnswers(self.policy_public)
         self.add("GET", "/state", self.get_state)
         self.add("POST", "/choice", self.post_choice)
         self.add("DELETE", "/choice", self.delete_choice)
@@ -148,10 +150,7 @@ class ConsentAPI:
         key = lang if lang in LANGUAGES else "*"
         cached = self._policy_cache.get(key)
         if cached is None:
-            langs = (lang,) if lang in LANGUAGES else LANGUAGES
-            if lang in LANGUAGES and lang != "en":
-                langs = (lang, "en")  # English fills any text the site did not translate
-            cached = self._policy_cache[key] = self.policy.public(langs)
+            cached = self._policy_cache[key] = public_policy(self.policy, lang)
         return cached
 
     def set_cookie(self, response: Response, request: Request, value: str, max_age: int | None = None) -> None:
@@ -189,7 +188,8 @@ class ConsentAPI:
         lang = request.query_params.get("lang")
         gpc = header(request.scope, b"sec-gpc") == "1"
         state = self.effective(request)
-        return JSONResponse(self.state_body(state, gpc, lang), headers={"Cache-Control": "no-store"})
+        return self.state_answers.response(request, lang, lang if lang in LANGUAGES else "*",
+                                           {"consent": state.public(), "prompt": not state.recorded, "gpc": gpc})
 
     async def post_choice(self, request: Request) -> Response:
         scope = request.scope

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from consentmw.core.policy import LANGUAGES, Policy
+from consentmw.web.http import accepts_gzip, etag_matches
 
 if TYPE_CHECKING:  # pragma: no cover
     from consentmw.web.api import ConsentAPI
@@ -48,7 +49,7 @@ class Asset:
                    hashlib.sha256(body).hexdigest()[:12])
 
     def response(self, request: Request, versioned: bool = False) -> Response:
-        use_gz = "gzip" in request.headers.get("accept-encoding", "")
+        use_gz = accepts_gzip(request.headers.get("accept-encoding"))
         etag = f'"{self.digest}-gz"' if use_gz else f'"{self.digest}"'
         headers = {
             "ETag": etag,
@@ -56,18 +57,11 @@ class Asset:
             "Vary": "Accept-Encoding",
             "X-Content-Type-Options": "nosniff",
         }
-        if _etag_matches(request.headers.get("if-none-match"), etag):
+        if etag_matches(request.headers.get("if-none-match"), etag):
             return Response(status_code=304, headers=headers)
         if use_gz:
             headers["Content-Encoding"] = "gzip"
         return Response(self.gz if use_gz else self.body, media_type=self.media_type, headers=headers)
-
-
-def _etag_matches(header: str | None, etag: str) -> bool:
-    if not header:
-        return False
-    tags = [t.strip() for t in header.split(",")]
-    return "*" in tags or any((t[2:] if t.startswith("W/") else t) == etag for t in tags)
 
 
 def read_static(name: str) -> bytes:
@@ -163,26 +157,17 @@ def register(api: "ConsentAPI") -> dict[str, Asset]:
     return assets
 
 
-def english_texts(policy: Policy) -> list[str]:
-    """Every English string the banner can show: its texts, purposes and data categories."""
-    public = policy.public(("en",))
-    out: list[str] = list(public["texts"].get("en", {}).values())
-    for purpose in public["purposes"]:
-        out.extend(purpose["texts"].get("en", {}).values())
-    out.extend(labels["en"] for labels in public["categories"].values() if "en" in labels)
-    return out
-
-
 def sizes(policy: Policy | None = None) -> dict[str, int]:
-    """Bytes on the wire, gzip -9, of what a visitor downloads: the three assets as served,
-    the English texts (the strings, one per line) and, for reference, the whole
-    `/state?lang=en` policy JSON the banner fetches to draw its layers."""
+    """Bytes on the wire (gzip, as served) of what a first visit downloads for the banner in each
+    language: banner.js, banner.css and the `/state` answer the banner fetches to draw itself.
+    The beacon is listed apart: it is loaded only once statistics or personalisation is granted."""
+    from consentmw.web.state import StateAnswers, public_policy
+
     policy = policy or Policy.default()
     assets = build_assets(policy)
+    answers = StateAnswers(lambda lang: public_policy(policy, lang))
     out = {name: len(asset.gz) for name, asset in assets.items()}
-    out["texts (en)"] = len(gzip.compress("\n".join(english_texts(policy)).encode("utf-8"), 9, mtime=0))
-    out["total"] = sum(out.values())
-    state = json.dumps(policy.public(("en",)), ensure_ascii=False).encode("utf-8")
-    out["state JSON (en), for reference"] = len(gzip.compress(state, 9, mtime=0))
+    for lang in LANGUAGES:
+        out[f"state ({lang})"] = len(answers.newcomer(lang)[1])
+        out[f"first visit ({lang})"] = out["banner.js"] + out["banner.css"] + out[f"state ({lang})"]
     return out
-

@@ -156,3 +156,24 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     h.update(headers or {})
     return Response(json.dumps(body, ensure_ascii=False, default=str), status_code=status,
                     media_type="application/json", headers=h)
+
+
+def accepts_gzip(value: str | None) -> bool:
+    """Whether an Accept-Encoding header allows gzip (`gzip;q=0` refuses it)."""
+    for part in (value or "").lower().split(","):
+        coding, _, params = part.partition(";")
+        if coding.strip() in ("gzip", "x-gzip", "*"):
+            q = params.replace(" ", "")
+            try:
+                return not q.startswith("q=") or float(q[2:]) > 0
+            except ValueError:
+                return False
+    return False
+
+
+def etag_matches(value: str | None, etag: str) -> bool:
+    """`If-None-Match` compared weakly (RFC 9110 13.1.2), `*` included."""
+    if not value:
+        return False
+    tags = [t.strip() for t in value.split(",")]
+    return "*" in tags or any((t[2:] if t.startswith("W/") else t) == etag for t in tags)
