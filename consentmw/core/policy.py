@@ -56,6 +56,12 @@ class Purpose:
     referrer_precision: str = "host"
     ip_mask_bytes: int = 2
     ipv6_prefix: int = 48
+    # What the purpose uses in the browser (glob patterns): cookie names, localStorage /
+    # sessionStorage / IndexedDB names, third-party hosts. `consentmw scan` allows these
+    # before a choice only for required purposes, and names them after Accept.
+    cookies: tuple[str, ...] = ()
+    storage: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()
 
     @property
     def collects(self) -> bool:
@@ -165,7 +171,8 @@ class Policy:
 # parsing with error messages that name the key
 _POLICY_KEYS = {"version", "updated", "privacy_url", "purposes", "categories", "texts"}
 _PURPOSE_KEYS = {"id", "required", "categories", "retention_days", "texts", "gpc_opt_out",
-                 "location_precision", "referrer_precision", "ip_mask_bytes", "ipv6_prefix"}
+                 "location_precision", "referrer_precision", "ip_mask_bytes", "ipv6_prefix",
+                 "cookies", "storage", "hosts"}
 
 
 def _check_keys(obj: Any, allowed: set[str], where: str) -> None:
@@ -208,6 +215,13 @@ def _typed(obj: Mapping[str, Any], key: str, kind: type, where: str, default: An
     return value
 
 
+def _patterns(raw: Mapping[str, Any], key: str, where: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    value = raw.get(key, list(default))
+    if not isinstance(value, list) or not all(isinstance(v, str) and 0 < len(v) <= 200 for v in value):
+        raise PolicyError(f"{where}.{key}: expected a list of names or glob patterns (1-200 characters each)")
+    return tuple(value)
+
+
 def _parse_purpose(raw: Any, where: str, base: Purpose | None) -> Purpose:
     _check_keys(raw, _PURPOSE_KEYS, where)
     pid = raw.get("id")
@@ -244,6 +258,9 @@ def _parse_purpose(raw: Any, where: str, base: Purpose | None) -> Purpose:
         id=pid, categories=frozenset(cats), retention_days=retention, texts=texts,
         required=required, gpc_opt_out=_typed(raw, "gpc_opt_out", bool, where, base.gpc_opt_out if base else False),
         location_precision=loc, referrer_precision=ref, ip_mask_bytes=mask, ipv6_prefix=v6,
+        cookies=_patterns(raw, "cookies", where, base.cookies if base else ()),
+        storage=_patterns(raw, "storage", where, base.storage if base else ()),
+        hosts=_patterns(raw, "hosts", where, base.hosts if base else ()),
     )
 
 
