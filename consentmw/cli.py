@@ -1,4 +1,4 @@
-"""`consentmw` command line: demo, migrate, report, export, erase, replay.
+"""`consentmw` command line: demo, migrate, report, export, erase, replay, prove, scan.
 
 Every command fails with a one-line message and a non-zero exit on bad input.
 """
@@ -239,6 +239,54 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scan(args: argparse.Namespace) -> int:
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        raise CLIError("scan needs Playwright: pip install 'consentmw[scan]' (Chromium: apt-get install chromium)") from None
+    from consentmw.core.policy import Policy
+    from consentmw.scan import report
+    from consentmw.scan.crawl import URLError
+    from consentmw.scan.runner import ScanConfig, ScanError, run
+
+    if not 1 <= args.max_pages <= 100_000:
+        raise CLIError("--max-pages must be between 1 and 100000")
+    if args.max_seconds is not None and args.max_seconds <= 0:
+        raise CLIError("--max-seconds must be positive")
+    if not 1 <= args.concurrency <= 32:
+        raise CLIError("--concurrency must be between 1 and 32")
+    policy_file = args.policy or os.environ.get("CONSENTMW_POLICY")
+    config = ScanConfig(url=args.url, max_pages=args.max_pages, max_seconds=args.max_seconds,
+                        include=tuple(args.include), exclude=tuple(args.exclude), browser=args.browser,
+                        concurrency=args.concurrency,
+                        policy=Policy.from_file(policy_file) if policy_file else Policy.default())
+    config.visit.ignore_https_errors = args.ignore_https_errors
+    progress = Progress("scan", total=3, unit="page visits")
+
+    def step(done: int, planned: int) -> None:
+        progress.total = max(planned, done)
+        progress.update(done - progress.done)
+
+    try:
+        result = run(config, step)
+    except (ScanError, URLError) as exc:
+        raise CLIError(str(exc)) from None
+    progress.close()
+    if args.html:
+        with open(args.html, "w", encoding="utf-8") as f:
+            f.write(report.to_html(result))
+    if args.json == "-":
+        sys.stdout.write(report.to_json(result) + "\n")
+        print(report.summary(result), file=sys.stderr)
+    else:
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as f:
+                f.write(report.to_json(result) + "\n")
+        print(report.summary(result))
+    fail = {"never": (), "violation": ("violation",), "warning": ("violation", "warning")}[args.fail_on]
+    return 1 if any(result.count(s) for s in fail) else 0
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line (the full usage is one `--help` away)."""
 
@@ -300,6 +348,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_args(p)
     p.add_argument("--spool", default=None, help="spool directory (default: $CONSENTMW_SPOOL_DIR or ./consentmw-spool)")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("scan", help="check a whole site in Chromium: before a choice, after Reject all, after Accept all",
+                       description="Crawls same-origin links breadth first and visits every page in three fresh "
+                                   "Chromium contexts (no choice yet; after Reject all; after Accept all, clicked "
+                                   "in the banner). Reports cookies, storage, requests to other hosts and consent-"
+                                   "gated scripts; what goes beyond the policy's strictly necessary purposes before "
+                                   "a choice or after refusal is a violation. Needs the consentmw[scan] extra.")
+    p.add_argument("url", metavar="URL", help="the page to start from (http or https)")
+    p.add_argument("--max-pages", type=int, default=50, help="pages to visit at most (default: 50)")
+    p.add_argument("--max-seconds", type=float, default=None, help="stop starting new pages after this long")
+    p.add_argument("--include", action="append", default=[], metavar="GLOB",
+                   help="only follow links whose path matches (e.g. '/blog/*'; repeatable)")
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="never follow links whose path matches (e.g. '/admin*'; repeatable)")
+    p.add_argument("--browser", default=None, metavar="PATH", help="Chromium executable (default: Debian's chromium)")
+    p.add_argument("--policy", default=None, help="policy TOML declaring what each purpose uses "
+                                                  "(default: $CONSENTMW_POLICY or the built-in catalog)")
+    p.add_argument("--concurrency", type=int, default=4, help="pages visited at once (default: 4)")
+    p.add_argument("--json", default=None, metavar="FILE", help="write the full result as JSON ('-': standard output)")
+    p.add_argument("--html", default=None, metavar="FILE", help="write a self-contained HTML report")
+    p.add_argument("--fail-on", choices=("violation", "warning", "never"), default="never",
+                   help="exit 1 when the scan finds a violation (or a warning too); default: never")
+    p.add_argument("--ignore-https-errors", action="store_true", help="accept self-signed certificates")
+    p.set_defaults(func=cmd_scan)
     return parser
 
 

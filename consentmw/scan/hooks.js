@@ -44,14 +44,21 @@
       return open.apply(this, arguments);
     };
   }
+  // gated scripts: the declared ones (type="text/plain") once the document is parsed, the
+  // executable ones as they are inserted (read a task later: the parser may not have
+  // appended an inline script's text yet when the observer runs)
   const seen = new WeakSet();
-  const look = n => {
-    if (n.nodeType !== 1 || n.tagName !== "SCRIPT" || !n.hasAttribute("data-consent") || seen.has(n)) return;
-    seen.add(n);
+  const report = n => {
     const t = (n.getAttribute("type") || "").trim().toLowerCase();
     const ran = !t || t === "module" || /^(text|application)\/(x-)?(java|ecma)script$/.test(t);
     send("gated", { purposes: n.getAttribute("data-consent"), src: n.src || "",
                     inline: n.src ? "" : (n.text || "").trim().slice(0, 60), ran });
+  };
+  const look = n => {
+    if (n.nodeType !== 1 || n.tagName !== "SCRIPT" || !n.hasAttribute("data-consent") || seen.has(n)) return;
+    if ((n.getAttribute("type") || "").trim().toLowerCase() === "text/plain") return;
+    seen.add(n);
+    setTimeout(() => report(n), 0);
   };
   new MutationObserver(ms => {
     for (const m of ms) for (const n of m.addedNodes) {
@@ -59,4 +66,7 @@
       n.querySelectorAll && n.querySelectorAll("script[data-consent]").forEach(look);
     }
   }).observe(document, { childList: true, subtree: true });
+  document.addEventListener("DOMContentLoaded", () => {
+    document.querySelectorAll('script[type="text/plain" i][data-consent]').forEach(n => { seen.add(n); report(n); });
+  });
 })();

@@ -74,6 +74,7 @@ class Recorder:
         self.after = False
         self.events: list[_Event] = []
         self.initiators: dict[str, dict[str, Any]] = {}   # url -> DevTools initiator (first seen)
+        self.resources: dict[str, str] = {}                # url -> DevTools resource type
         self.inflight = 0
         self.last_activity = time.monotonic()
         self.pending: set[asyncio.Task[None]] = set()
@@ -122,6 +123,7 @@ class Recorder:
         url = params.get("request", {}).get("url", "")
         if url and url not in self.initiators:
             self.initiators[url] = params.get("initiator") or {}
+            self.resources[url] = str(params.get("type", "")).lower()
 
     # -- the init script ----------------------------------------------------------
     def on_binding(self, source: dict[str, Any], kind: str, data: Any) -> None:
@@ -160,6 +162,9 @@ class Recorder:
             src = init.get("url", "")
             line = init.get("lineNumber")
             at = f" (line {line + 1})" if isinstance(line, int) else ""
+            runner = self._script_ending_at(src, line, init.get("columnNumber"))
+            if runner and resource != "script":
+                return f"{tag} added by script {runner} while it ran{at}"
             if not src or src == self.page_url or origin_of(src) == self.origin and src.split("#")[0] == self.page_url:
                 return f"{tag} in the page HTML{at}"
             return f"{tag} referenced by {src}{at}"
@@ -174,6 +179,17 @@ class Recorder:
         if navigation:
             return f"{tag} in the page"
         return f"{tag} ({kind or 'browser'})"
+
+    def _script_ending_at(self, doc: str, line: Any, column: Any) -> str:
+        """The external script whose `</script>` ends where the parser was: Chromium reports
+        requests made while a parser-inserted script runs as made by the parser, at that spot."""
+        if not isinstance(line, int) or not isinstance(column, int):
+            return ""
+        for url, init in self.initiators.items():
+            if (init.get("type") == "parser" and init.get("url") == doc and init.get("lineNumber") == line
+                    and init.get("columnNumber") == column - len("</script>") and self.resources.get(url) == "script"):
+                return url
+        return ""
 
     @staticmethod
     def _stack(stack: dict[str, Any]) -> list[tuple[str, int]]:
@@ -354,7 +370,8 @@ class Visit:
                 continue
             key = (w.name, w.domain)
             stored = key in jar
-            lifetime = _jar_lifetime(jar[key], now) if stored else w.lifetime
+            # what the site asked for (Chromium caps what it keeps at 400 days)
+            lifetime = w.lifetime if w.lifetime is not None or not stored else _jar_lifetime(jar[key], now)
             if key not in found or (stored and not found[key].stored):
                 found[key] = CookieSet(name=w.name, domain=w.domain, party=party(w.domain, rec.host),
                                        lifetime=lifetime, via=via, source=source, stored=stored)
