@@ -11,9 +11,12 @@ speak lifespan still work (the collector starts on the first request and drains 
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
 import time
 from functools import partial
-from typing import Any, Awaitable
+from typing import Any, Awaitable, Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -22,9 +25,13 @@ from consentmw.collect.hit import Hit, campaign_params
 from consentmw.core.consent import COOKIE_NAME, ConsentCodec, ConsentState
 from consentmw.web.http import cookie_value
 from consentmw.pipeline import Collector
-from consentmw.core.settings import Settings
+from consentmw.core.policy import Policy, PolicyError
+from consentmw.core.settings import Settings, SettingsError
+from consentmw.store.dsn import DsnError
 from consentmw.store.sink import StoreLockedError
 
+log = logging.getLogger("consentmw")
+_NOT_SETTINGS = frozenset({"self", "app", "collector"})
 _COOKIE = COOKIE_NAME.encode()
 _CAPTURE_METHODS = frozenset({"GET", "HEAD"})
 _WANTS_CACHE_SIZE = 8192
@@ -37,14 +44,46 @@ _HEADER_SLOTS = {b"cookie": 0, b"user-agent": 1, b"accept-language": 2, b"refere
 
 
 class ConsentMiddleware:
-    """Consent state for every request, consent endpoints, and consent-gated collection."""
+    """Consent state for every request, consent endpoints, and consent-gated collection.
 
-    def __init__(self, app: ASGIApp, *, secret_key: str | list[str] | None = None,
-                 clickhouse_dsn: str | None = None, policy: Any = None, spool_dir: str | None = None,
-                 admin_token: str | None = None, collector: Collector | None = None, **options: Any) -> None:
+    Every keyword is a `Settings` field (see consentmw/core/settings.py); None means "from
+    the `CONSENTMW_*` environment, else the default". They are spelled out (no `**options`)
+    so type checkers check them, and Starlette's typed `add_middleware` accepts the class.
+
+    Invalid settings raise `SettingsError` at once, except when the middleware is built
+    inside a running ASGI app (Starlette builds its middleware stack lazily, during the
+    first ASGI call: the lifespan startup). Raising there would read as "lifespan
+    unsupported" to uvicorn, which would then serve 500s; instead the startup fails with
+    the reason, so the server exits non-zero.
+    """
+
+    def __init__(self, app: ASGIApp, /, *, secret_key: str | Sequence[str] | None = None,
+                 clickhouse_dsn: str | None = None, policy: Policy | str | os.PathLike[str] | None = None,
+                 spool_dir: str | None = None, admin_token: str | None = None, database: str | None = None,
+                 cluster: str | None = None, prefix: str | None = None, cookie_domain: str | None = None,
+                 cookie_max_age: int | None = None, cookie_secure: bool | None = None,
+                 trusted_proxies: str | Sequence[str] | None = None,
+                 allowed_origins: str | Sequence[str] | None = None, collect: bool | None = None,
+                 exclude_paths: Sequence[str] | None = None, include_paths: Sequence[str] | None = None,
+                 exclude_extensions: Sequence[str] | None = None, geoip_db: str | None = None,
+                 batch_size: int | None = None, max_batch_size: int | None = None,
+                 flush_interval: float | None = None, queue_size: int | None = None,
+                 shutdown_timeout: float | None = None, spool_max_bytes: int | None = None,
+                 collect_rate: float | None = None, collect_burst: int | None = None,
+                 floating_button: bool | None = None, collector: Collector | None = None) -> None:
         self.app = app
-        self.settings = Settings.build(dict(secret_key=secret_key, clickhouse_dsn=clickhouse_dsn, policy=policy,
-                                            spool_dir=spool_dir, admin_token=admin_token, **options))
+        # Every keyword but `app` and `collector` is a setting of the same name.
+        options = {name: value for name, value in locals().items() if name not in _NOT_SETTINGS}
+        try:
+            self._configure(options, collector)
+        except (SettingsError, PolicyError, DsnError) as exc:
+            if not _inside_running_app():
+                raise
+            self.__class__ = _Misconfigured
+            self.reason = f"consentmw: invalid settings: {exc}"
+
+    def _configure(self, options: dict[str, Any], collector: Collector | None) -> None:
+        self.settings = Settings.build(options)
         self.policy = self.settings.policy
         self.codec = ConsentCodec(self.settings.secret_key, self.policy, max_age=self.settings.cookie_max_age)
         self.collector = collector or Collector.from_settings(self.settings)
@@ -234,6 +273,40 @@ class ConsentMiddleware:
         if "lifespan.shutdown" not in seen:
             await receive_wrapper()
         await send({"type": "lifespan.shutdown.complete"})
+
+
+def _inside_running_app() -> bool:
+    """Whether we are being built inside a running event loop (lazily, by the ASGI app)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+class _Misconfigured(ConsentMiddleware):
+    """What a `ConsentMiddleware` with invalid settings becomes when it could not raise:
+    it fails the lifespan startup with the reason (the server exits non-zero), and for
+    servers that send no lifespan events it answers every request with a plain 500."""
+
+    reason: str
+    _logged = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.failed", "message": self.reason})
+            return
+        if not self._logged:
+            self._logged = True
+            log.error("%s (answering 500: this server sent no lifespan startup to fail)", self.reason)
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 500,
+                        "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+            await send({"type": "http.response.body", "body": b"Internal Server Error: the server is misconfigured\n"})
+        elif scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1011})
 
 
 async def _no_profile() -> None:

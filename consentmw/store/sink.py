@@ -8,6 +8,7 @@ for the writer to spool the batch.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import threading
@@ -15,8 +16,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from consentmw.store.dsn import parse_dsn, scrub
+from consentmw.store.dsn import DsnError, parse_dsn, scrub
 from consentmw.store.schema import SCHEMA_VERSION, Schema
+
+
+EMBEDDED_EXTRA = "pip install 'consentmw[embedded]'"
 
 
 class SinkError(RuntimeError):
@@ -61,6 +65,8 @@ def _locked_elsewhere(path: str) -> bool:
 def resolve_dsn(dsn: str) -> tuple[str, str | None]:
     """Normalise a DSN; for chDB return the absolute data directory as well."""
     parsed = parse_dsn(dsn)
+    if parsed.chdb_path and importlib.util.find_spec("chdb") is None:
+        raise DsnError(f"clickhouse_dsn {dsn[:80]!r} is the embedded store, which needs chDB: {EMBEDDED_EXTRA}")
     return ("chdb://" + parsed.chdb_path if parsed.chdb_path else parsed.text), parsed.chdb_path
 
 
