@@ -108,7 +108,7 @@ async def recommended_block(request: Request) -> str:
     profile = await get_profile(request)
     if profile is None or not profile.pageviews:
         return ""
-    read = set(profile.recent_pages)
+    read = set(profile.recent_pages) | {request.url.path}  # never recommend the page being read
     unread = [(slug, title) for slug, (title, _) in ARTICLES.items() if f"/articles/{slug}" not in read]
     items = "".join(f'<li><a href="/articles/{slug}">{escape(title)}</a></li>' for slug, title in unread[:3])
     seen = f"{profile.pageviews} page view{'s' if profile.pageviews != 1 else ''}"

@@ -23,7 +23,7 @@ import logging
 import signal
 import threading
 import weakref
-from typing import Any
+from typing import Any, Callable
 
 from consentmw.collect.enrich import Enricher, proof_key
 from consentmw.collect.hit import Hit
@@ -84,6 +84,9 @@ class Collector:
                              queue_size=settings.queue_size)
         #: True while the writer threads run (read on every request; `start` sets it under a lock)
         self.started = False
+        #: called with each page-view hit of a visitor who has a visitor id, as it is queued
+        #: (the profile service shows a visitor their own latest views before they are stored)
+        self.on_visitor_view: Callable[[Hit], None] | None = None
         self._start_lock = threading.Lock()
         self._atexit = False
         _LIVE.add(self)
@@ -96,6 +99,8 @@ class Collector:
     # -- producer API (event loop; must not block) -------------------------------
     def submit(self, hit: Hit) -> bool:
         self.stats.accepted += 1
+        if hit.visitor_id is not None and self.on_visitor_view is not None and hit.event_type == "pageview":
+            self.on_visitor_view(hit)
         return self.writer.put(hit)
 
     def record(self, record: ConsentRecord) -> None:

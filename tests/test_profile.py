@@ -120,10 +120,11 @@ async def test_profile_is_cached_briefly_and_hides_blocked_visitors(make_app: An
         visit(mw, time.time(), "/articles/a", cid, vid)
         mw.collector.flush()
         loads = profiles.loads
-        assert (await profiles.get(state)).pageviews == 0  # still the cached copy
+        # still the cached copy (no new load), with the visitor's own queued view merged in
+        assert (await profiles.get(state)).pageviews == 1
         assert profiles.loads == loads
         profiles.ttl = 0.0
-        assert (await profiles.get(state)).pageviews == 1
+        assert (await profiles.get(state)).pageviews == 1  # stored now: not counted twice
         assert profiles.loads == loads + 1
         profiles.ttl = 5.0
         assert (await c.post("/_consent/me/block")).status_code == 200
@@ -165,3 +166,61 @@ async def test_profile_cost_per_call(make_app: Any, ch: Any, database: str) -> N
     print(f"\nprofile() on chDB, 20k visitors / 200k rows: cold median {median * 1e3:.2f} ms, "
           f"p95 {p95 * 1e3:.2f} ms; cached {cached * 1e6:.1f} µs per call")
     assert cached < 1e-3 and median < 0.5
+
+
+def pages_app() -> Starlette:
+    async def page(request: Request) -> Any:
+        from starlette.responses import HTMLResponse
+        status = 404 if request.url.path.startswith("/nope") else 200
+        return HTMLResponse(f"<html><body>{request.url.path}</body></html>", status_code=status)
+
+    async def for_you(request: Request) -> JSONResponse:
+        profile = await get_profile(request)
+        return JSONResponse(profile.to_json() if profile else None)
+
+    return Starlette(routes=[Route("/for-you", for_you), Route("/{path:path}", page)])
+
+
+async def test_a_visitor_sees_their_own_latest_views_at_once(make_app: Any) -> None:
+    """No 5 s wait: the views just queued (not yet written) are in the profile at once,
+    error pages are not, and once written they are not counted twice."""
+    mw = make_app(pages_app(), flush_interval=60.0)  # the writer does not flush by itself
+    profiles = mw.api.profiles
+    async with client(mw) as c:
+        await grant(c, {"all": True})
+        assert (await c.get("/for-you")).json()["pageviews"] == 0  # loaded and cached: empty
+        await c.get("/articles/a")
+        await c.get("/nope/")
+        await c.get("/news/b")
+        mine = (await c.get("/for-you")).json()
+        assert mine["recent_pages"] == ["/news/b", "/articles/a"]
+        assert mine["pageviews"] == 2 and mine["visits"] == 1
+        assert dict(map(tuple, mine["top_sections"])) == {"/news": 1, "/articles": 1}
+        mw.collector.flush()
+        profiles.ttl = 0.0  # reload from the store: the same profile, nothing doubled
+        stored = (await c.get("/for-you")).json()
+        assert stored["recent_pages"] == ["/news/b", "/articles/a"] and stored["pageviews"] == 2
+        # another visitor sees none of it
+    async with client(mw) as other:
+        await grant(other, {"all": True})
+        assert (await other.get("/for-you")).json()["pageviews"] == 0
+
+
+async def test_demo_never_recommends_the_page_being_read(chdb_dsn: str, database: str, tmp_path: Path) -> None:
+    from consentmw.demo import ARTICLES, create_app
+
+    demo = create_app(dsn=chdb_dsn, database=database, spool_dir=str(tmp_path / "spool"), flush_interval=60.0)
+    try:
+        transport = httpx.ASGITransport(app=demo, client=(IP, 50123))
+        async with httpx.AsyncClient(transport=transport, base_url="http://site.test",
+                                     headers={"user-agent": BROWSER_UA}) as c:
+            await grant(c, {"all": True})
+            slugs = list(ARTICLES)
+            await c.get(f"/articles/{slugs[0]}")
+            html = (await c.get(f"/articles/{slugs[1]}")).text  # first page view already in the profile
+            block = html.split('id="recommended"', 1)[1].split("</div>", 1)[0]
+            assert "Recommended for you" in block
+            assert f"/articles/{slugs[1]}" not in block and f"/articles/{slugs[0]}" not in block
+            assert f"/articles/{slugs[2]}" in block
+    finally:
+        demo.collector.stop()

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 import time
-from dataclasses import asdict, dataclass, field
+from collections import deque
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from consentmw.store.views import PROFILE_READ, PROFILE_TABLE, profile_purpose
@@ -25,12 +27,21 @@ from consentmw.store.views import PROFILE_READ, PROFILE_TABLE, profile_purpose
 if TYPE_CHECKING:  # pragma: no cover
     from starlette.requests import Request
 
+    from consentmw.collect.hit import Hit
     from consentmw.core.consent import ConsentState
     from consentmw.core.policy import Policy
     from consentmw.rights.blocklist import Blocklist
     from consentmw.store.sink import ClickHouseSink
 
 RECENT = 10
+#: Page views a visitor made that may not be stored yet, remembered per visitor (bounded).
+PENDING = 20
+_SECTION = re.compile(r"^/[^/?#]*")
+
+
+def _served(status: int) -> bool:
+    """The rule of the views (`consentmw.store.views.successful`): served pages only."""
+    return status == 0 or 200 <= status < 300 or status == 304
 
 
 @dataclass(frozen=True)
@@ -94,14 +105,65 @@ class ProfileService:
         self.ttl = ttl
         self.max_entries = max_entries
         self._cache: dict[str, tuple[float, Profile]] = {}  # visitor id -> (loaded at, profile)
+        # visitor id -> (ms since epoch, path) of their page views as queued, newest last: a
+        # visitor sees their own latest views at once, not after the writer and the cache.
+        self._pending: dict[str, deque[tuple[int, str]]] = {}
         self.loads = 0
 
     def forget(self, visitor_id: str | None) -> None:
         if visitor_id:
             self._cache.pop(visitor_id, None)
+            self._pending.pop(visitor_id, None)
 
     def clear(self) -> None:
         self._cache.clear()
+        self._pending.clear()
+
+    def note(self, hit: "Hit") -> None:
+        """A page view was queued (`Collector.on_visitor_view`, event loop): remember it for
+        the visitor's profile until the stored aggregate holds it."""
+        purpose = self.purpose
+        if (purpose is None or not hit.visitor_id or purpose.id not in hit.purposes
+                or not _served(hit.status) or not hit.path):
+            return
+        pending = self._pending.get(hit.visitor_id)
+        if pending is None:
+            if len(self._pending) >= self.max_entries:
+                self._pending.pop(next(iter(self._pending)))
+            pending = self._pending[hit.visitor_id] = deque(maxlen=PENDING)
+        pending.append((int(hit.ts * 1000), hit.path[:1024]))
+
+    def _merged(self, profile: Profile) -> Profile:
+        """The stored profile plus the visitor's page views not stored in it yet."""
+        pending = self._pending.get(profile.visitor_id)
+        if not pending:
+            return profile
+        stored_until = int(profile.last_seen.timestamp() * 1000) if profile.last_seen else 0
+        while pending and pending[0][0] <= stored_until:  # written since: the aggregate has them
+            pending.popleft()
+        if not pending:
+            self._pending.pop(profile.visitor_id, None)
+            return profile
+        pages = dict(profile.top_pages)
+        sections = dict(profile.top_sections)
+        recent = list(profile.recent_pages)
+        recent_sections = list(profile.recent_sections)
+        days = {profile.last_seen.date()} if profile.last_seen else set()
+        for ms, path in pending:
+            section = m.group(0) if (m := _SECTION.match(path)) else ""
+            pages[path] = pages.get(path, 0) + 1
+            sections[section] = sections.get(section, 0) + 1
+            recent = [path] + [p for p in recent if p != path]
+            recent_sections = [section] + [s for s in recent_sections if s != section]
+            days.add(dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).date())
+        first_ms, last_ms = pending[0][0], pending[-1][0]
+        return replace(
+            profile, pageviews=profile.pageviews + len(pending),
+            visits=profile.visits + len(days) - (1 if profile.last_seen else 0),
+            first_seen=profile.first_seen or dt.datetime.fromtimestamp(first_ms / 1000, dt.timezone.utc),
+            last_seen=dt.datetime.fromtimestamp(last_ms / 1000, dt.timezone.utc),
+            recent_pages=tuple(recent[:RECENT]), recent_sections=tuple(recent_sections[:RECENT]),
+            top_pages=_top(pages, set(pages)), top_sections=_top(sections, set(sections)))
 
     async def get(self, state: "ConsentState | None") -> Profile | None:
         purpose = self.purpose
@@ -116,14 +178,14 @@ class ProfileService:
         now = time.monotonic()
         hit = self._cache.get(vid)
         if hit is not None and now - hit[0] < self.ttl:
-            return hit[1]
+            return self._merged(hit[1])
         profile = await asyncio.to_thread(self.load, vid)
         if len(self._cache) >= self.max_entries:
             expired = [k for k, (at, _) in self._cache.items() if now - at >= self.ttl]
             for key in expired or list(self._cache)[: self.max_entries // 2]:
                 self._cache.pop(key, None)
         self._cache[vid] = (time.monotonic(), profile)
-        return profile
+        return self._merged(profile)
 
     def load(self, visitor_id: str) -> Profile:
         """One query on the aggregate (no cache)."""

@@ -49,6 +49,8 @@ def register(api: "ConsentAPI") -> None:
     from consentmw.rights.profile import ProfileService
 
     api.profiles = ProfileService(sink, api.policy, rights.blocklist)  # type: ignore[attr-defined]
+    if hasattr(collector, "on_visitor_view"):
+        collector.on_visitor_view = api.profiles.note  # type: ignore[attr-defined]
     original_delete_choice = api.delete_choice
 
     def _settle() -> None:
