@@ -3,8 +3,9 @@
   M._b = 1;
   const url = M._p + "/collect", Q = [], V = {}, ok = M._c, first = L.pathname,
     nav = performance.getEntriesByType("navigation")[0] || {};
-  let path = first, timer, done, cls = 0, start = 0, last = 0, win = 0, input;
-  const I = {}; // longest duration per interaction id
+  let path = first, timer, done, cls = 0, start = 0, last = 0, win = 0;
+  // the longest duration per interaction id
+  const I = {};
 
   // batches go with sendBeacon (fetch keepalive as fallback), 50 events at most per request
   const send = () => {
@@ -47,26 +48,25 @@
     D.readyState == "complete" ? timing() : W.addEventListener("load", timing);
   }
   const observe = (type, f, o) => {
-    try { new PerformanceObserver(l => l.getEntries().forEach(f)).observe({ type, buffered: true, ...o }); } catch (e) {}
+    try { new PerformanceObserver(l => l.getEntries().forEach(f)).observe({ type, buffered: true, ...o }); return 1 } catch (e) {}
   };
   observe("paint", e => e.name == "first-contentful-paint" && (V.fcp = r(e.startTime)));
-  // definitions of web-vitals: LCP stops at the first input and is final when the page is hidden
-  observe("largest-contentful-paint", e => input || (V.lcp = r(e.startTime)));
-  ["keydown", "pointerdown"].forEach(t => W.addEventListener(t, () => input = 1, { once: true, capture: true }));
+  // definitions of web-vitals. LCP: the last entry (browsers stop them at the first input), sent at hide
+  observe("largest-contentful-paint", e => V.lcp = r(e.startTime));
   // CLS: the largest session window (shifts less than 1 s apart, 5 s at most); 0 for a stable page
-  PerformanceObserver.supportedEntryTypes?.includes("layout-shift") && (V.cls = 0);
   observe("layout-shift", e => {
     if (e.hadRecentInput) return;
     if (e.startTime - last > 1000 || e.startTime - start > 5000) start = e.startTime, win = 0;
     last = e.startTime;
     V.cls = cls = Math.max(cls, +(win += e.value).toFixed(4));
-  });
+  }) && (V.cls = cls);
   // INP: the slowest interaction, skipping one per 50 interactions (the worst with few)
   observe("event", e => {
-    if (!e.interactionId) return;
-    I[e.interactionId] = Math.max(I[e.interactionId] || 0, e.duration);
+    const k = e.interactionId;
+    if (!k) return;
+    I[k] = Math.max(I[k] || 0, e.duration);
     const d = Object.values(I).sort((a, b) => b - a);
-    V.inp = r(d[Math.min(d.length - 1, d.length / 50 | 0)]) ?? V.inp;
+    V.inp = r(d[d.length / 50 | 0]);
   }, { durationThreshold: 16 });
   const hide = () => {
     done || !ok() || !Object.values(V).some(v => v) || Q.push({ type: "vitals", path: first, ...V });
