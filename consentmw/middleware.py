@@ -22,8 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from consentmw.web.api import ConsentAPI
 from consentmw.collect.hit import Hit, campaign_params
-from consentmw.core.consent import COOKIE_NAME, ConsentCodec, ConsentState
-from consentmw.web.http import cookie_value
+from consentmw.core.consent import ConsentCodec, ConsentState, CookiePick, pick_cookie
 from consentmw.pipeline import Collector
 from consentmw.core.policy import Policy, PolicyError
 from consentmw.core.settings import Settings, SettingsError
@@ -32,7 +31,6 @@ from consentmw.store.sink import StoreLockedError
 
 log = logging.getLogger("consentmw")
 _NOT_SETTINGS = frozenset({"self", "app", "collector"})
-_COOKIE = COOKIE_NAME.encode()
 _CAPTURE_METHODS = frozenset({"GET", "HEAD"})
 _WANTS_CACHE_SIZE = 8192
 _COOKIE_CACHE_SIZE = 4096
@@ -100,7 +98,7 @@ class ConsentMiddleware:
         self._exclude = tuple(self.settings.exclude_paths)
         self._include = tuple(self.settings.include_paths)
         self._exclude_ext = tuple(e.lower() for e in self.settings.exclude_extensions)
-        self._cookie_cache: dict[bytes, str | None] = {}
+        self._cookie_cache: dict[bytes, CookiePick] = {}
         self._wants_cache: dict[str, bool] = {}
         self._slots = {**_HEADER_SLOTS, self.settings.forwarded_header.encode(): 5}
 
@@ -134,14 +132,15 @@ class ConsentMiddleware:
         # Browsers repeat the same Cookie header request after request: remember the consent
         # cookie found in it (bounded: 4096 headers of <= 1 KB), so it is not parsed every time.
         cookies = self._cookie_cache
-        raw = cookies.get(cookie, _MISSING)
-        if raw is _MISSING:
-            raw = cookie_value(cookie, _COOKIE)
+        picked = cookies.get(cookie, _MISSING)
+        if picked is _MISSING:
+            picked = pick_cookie(cookie)
             if len(cookie) <= 1024:
                 if len(cookies) >= _COOKIE_CACHE_SIZE:
                     cookies.clear()
-                cookies[cookie] = raw
-        state: ConsentState = self.codec.decode(raw) or self.codec.default_state
+                cookies[cookie] = picked
+        # Several different consent cookies (one planted by a sibling domain): nobody's consent.
+        state: ConsentState = self.codec.decode(picked.value, host_name=picked.host) or self.codec.default_state
         if gpc_header == b"1":
             state = self.codec.apply_gpc(state)
         scope_state = scope.get("state")

@@ -17,9 +17,9 @@ from starlette.types import Receive, Scope, Send
 
 from consentmw.collect.hit import Hit
 from consentmw.collect.ip import ClientView, TrustedProxies, joined_header
-from consentmw.core.consent import COOKIE_NAME, ConsentCodec, ConsentState, new_id
-from consentmw.web.http import (HTTPProblem, check_same_origin, cookie_value, header, origin_of, parse_json,
-                                read_body)
+from consentmw.core.consent import (COOKIE_NAME, HOST_COOKIE_NAME, ConsentCodec, ConsentState, CookiePick,
+                                    new_id, pick_cookie)
+from consentmw.web.http import HTTPProblem, check_same_origin, header, origin_of, parse_json, read_body
 from consentmw.core.ledger import ACTION_CHANGE, ACTION_GRANT, ACTION_WITHDRAW, ConsentRecord
 from consentmw.core.policy import LANGUAGES, Policy
 from consentmw.core.settings import Settings
@@ -125,13 +125,14 @@ class ConsentAPI:
         With `any_version`, a cookie from an older policy version still identifies the
         visitor (for their rights, and to keep their ids when they choose again).
         """
-        raw = None
-        for key, value in request.scope["headers"]:
-            if key == b"cookie":
-                raw = cookie_value(value, COOKIE_NAME.encode())
-                if raw:
-                    break
-        return self.codec.identify(raw) if any_version else self.codec.decode(raw)
+        picked = self.cookie_pick(request.scope)
+        if any_version:
+            return self.codec.identify(picked.value, host_name=picked.host)
+        return self.codec.decode(picked.value, host_name=picked.host)
+
+    def cookie_pick(self, scope: Scope) -> CookiePick:
+        """The consent cookie that counts (none if several differ), from every Cookie line."""
+        return pick_cookie(b"; ".join(value for key, value in scope["headers"] if key == b"cookie"))
 
     def effective(self, request: Request) -> ConsentState:
         state = self.current(request) or self.codec.default_state
@@ -153,21 +154,59 @@ class ConsentAPI:
             cached = self._policy_cache[key] = public_policy(self.policy, lang)
         return cached
 
-    def set_cookie(self, response: Response, request: Request, value: str, max_age: int | None = None) -> None:
+    def cookie_secure(self, scope: Scope) -> bool:
         secure = self.settings.cookie_secure
         if secure is None:
             # Only the connection or a trusted proxy says https: a client's own X-Forwarded-Proto never does.
-            secure = self.scheme(request.scope) == "https"
+            secure = self.scheme(scope) == "https"
+        return secure
+
+    def cookie_host(self, scope: Scope) -> bool:
+        """Whether this request's cookie goes under the `__Host-` name (Secure, no cookie domain)."""
+        return self.settings.cookie_domain is None and self.cookie_secure(scope)
+
+    def set_cookie(self, response: Response, request: Request, value: str, max_age: int | None = None) -> None:
+        """Set the consent cookie, and expire any other consent cookie the request carried
+        (a planted one, or the plain-named cookie of before the `__Host-` name)."""
+        scope = request.scope
+        host = self.cookie_host(scope)
+        picked = self.cookie_pick(scope)
+        name = HOST_COOKIE_NAME if host else COOKIE_NAME
+        domain = None if host else self.settings.cookie_domain
+        if picked.stray or (picked.value is not None and picked.host != host):
+            self._expire_others(response, scope, keep=(name, domain))
         # Not HttpOnly on purpose: the banner reads the (signed, non-secret) payload so a
         # returning visitor needs no request to know their choice. It holds no personal data.
-        response.set_cookie(COOKIE_NAME, value, path="/",
+        response.set_cookie(name, value, path="/",
                             max_age=self.settings.cookie_max_age if max_age is None else max_age,
-                            domain=self.settings.cookie_domain, secure=secure, httponly=False,
-                            samesite="lax")
+                            domain=domain,
+                            secure=self.cookie_secure(scope), httponly=False, samesite="lax")
+
+    def _expire_others(self, response: Response, scope: Scope, keep: tuple[str, str | None] | None) -> None:
+        """Expire every consent cookie this site or its parent domains could have set, except
+        `keep` (the (name, domain) about to be set). A cookie planted for a parent domain is
+        expired there too; one planted with another path cannot be reached (it keeps the
+        request in conflict, i.e. asking, never granting)."""
+        secure = self.cookie_secure(scope)
+        variants: list[tuple[str, str | None]] = [(COOKIE_NAME, None)]
+        if secure:
+            variants.append((HOST_COOKIE_NAME, None))
+        domains = [self.settings.cookie_domain.lstrip(".")] if self.settings.cookie_domain else []
+        host = (self.client(scope).host or header(scope, b"host") or "").lower()
+        host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        labels = host.strip(".").split(".")
+        if len(labels) >= 2 and not labels[-1].isdigit() and not host.startswith("["):
+            domains += [".".join(labels[i:]) for i in range(len(labels) - 1)]
+        variants += [(COOKIE_NAME, d) for d in dict.fromkeys(domains)]
+        kept = (keep[0], keep[1].lstrip(".") if keep[1] else None) if keep else None
+        for name, domain in variants:
+            if (name, domain) != kept:
+                response.set_cookie(name, "", path="/", max_age=0, expires=0, domain=domain,
+                                    secure=secure or name == HOST_COOKIE_NAME, httponly=False, samesite="lax")
 
     def clear_cookie(self, response: Response, request: Request) -> None:
-        """End the visitor's consent in this browser (an empty, expired cookie): the banner asks again."""
-        self.set_cookie(response, request, "", max_age=0)
+        """End the visitor's consent in this browser (empty, expired cookies): the banner asks again."""
+        self._expire_others(response, request.scope, keep=None)
 
     def ledger_record(self, request: Request, state: ConsentState, action: str, lang: str,
                       page: str) -> ConsentRecord:
@@ -250,8 +289,10 @@ class ConsentAPI:
         if action == ACTION_GRANT and previous is not None:
             action = ACTION_CHANGE
         value, state = self.codec.issue(granted, gpc=gpc, visitor_id=visitor_id,
-                                        consent_id=previous.id if previous else None)
+                                        consent_id=previous.id if previous else None,
+                                        host_cookie=self.cookie_host(request.scope))
         self.collector.record(self.ledger_record(request, state, action, lang, page))
         response = JSONResponse(self.state_body(state, gpc, lang), headers={"Cache-Control": "no-store"})
         self.set_cookie(response, request, value)
         return response
+
