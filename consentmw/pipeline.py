@@ -28,9 +28,11 @@ from typing import Any, Callable
 from consentmw.collect.enrich import Enricher, proof_key
 from consentmw.collect.hit import Hit
 from consentmw.collect.minimise import Minimiser
+from consentmw.collect.salt import DailySalts
 from consentmw.core.ledger import ConsentRecord
 from consentmw.core.settings import Settings
 from consentmw.store.dsn import choose_database, parse_dsn
+from consentmw.store.salts import SaltStore
 from consentmw.store.schema import Schema
 from consentmw.store.sink import ClickHouseSink, SinkError, StoreLockedError
 from consentmw.store.spool import Spool
@@ -69,13 +71,17 @@ class Collector:
     def __init__(self, settings: Settings, sink: ClickHouseSink | None = None) -> None:
         self.settings = settings
         self.policy = settings.policy
-        self.enricher = Enricher(settings.trusted_proxies, settings.geoip_db, proof_key(settings.secret_key[0]),
-                                 settings.forwarded_header)
-        self.minimiser = Minimiser(self.policy, self.enricher)
         if sink is None:
             database = choose_database(parse_dsn(settings.clickhouse_dsn), settings.database)
             sink = ClickHouseSink(settings.clickhouse_dsn, Schema(self.policy, database, settings.cluster))
         self.sink = sink
+        # The day's visitor salt lives in the store, so every worker and app server (and the
+        # next process after a restart) gives one visitor one code per day. It is asked for
+        # only while the store answers; otherwise a provisional salt keeps the writer going.
+        salts = DailySalts(loader=SaltStore(sink).load, available=lambda: self.stats.sink_healthy)
+        self.enricher = Enricher(settings.trusted_proxies, settings.geoip_db, proof_key(settings.secret_key[0]),
+                                 settings.forwarded_header, salts=salts)
+        self.minimiser = Minimiser(self.policy, self.enricher)
         self.spool = Spool(settings.spool_dir, settings.spool_max_bytes)
         self.stats = Stats()
         self.writer = Writer(self.minimiser.process, self.sink, self.spool, self.stats,

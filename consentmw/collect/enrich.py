@@ -29,10 +29,11 @@ def proof_token(key: bytes, consent_id: str, day: int) -> str:
 
 class Enricher:
     def __init__(self, trusted_proxies: list[str], geoip_db: str | None, proof_key: bytes,
-                 forwarded_header: str = "x-forwarded-for") -> None:
+                 forwarded_header: str = "x-forwarded-for", salts: DailySalts | None = None) -> None:
         self.proxies = TrustedProxies(trusted_proxies, forwarded_header)
         self.geo = GeoLocator(geoip_db)
-        self.salts = DailySalts()
+        #: the daily salts; the collector passes ones kept in the store (shared by every process)
+        self.salts = salts or DailySalts()
         self._proof_key = proof_key
         # Visitors send many events a day under one consent: one HMAC per consent and day.
         self._proof = lru_cache(maxsize=65536)(self._compute_proof)

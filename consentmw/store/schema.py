@@ -19,6 +19,7 @@ from consentmw.store.views import statements as view_statements  # analyst views
 SCHEMA_VERSION = 1
 LEDGER_RETENTION_DAYS = 1826   # proof of consent is kept five years
 DEDUP_WINDOW = 10_000
+SALT_TABLE = "daily_salts"   # the visitor-hash salt of each day (store/salts.py)
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,14 @@ class Schema(Layout):
             out.extend(self.event_table(table_for(purpose.id), columns_for(purpose), purpose.retention_days,
                                         "visitor_id" in purpose.categories))
         out.extend(self.ledger_tables())
+        # One salt table for the whole cluster (no {shard} in its Keeper path): every app
+        # server must see the same salt of the day.
+        salt_engine = (f"ReplicatedMergeTree('/clickhouse/tables/all/{self.database}/{SALT_TABLE}', '{{replica}}')"
+                       if self.cluster else "MergeTree")
+        out.append(f"CREATE TABLE IF NOT EXISTS {self.database}.{SALT_TABLE}{self.on_cluster} (\n"
+                   f"  day Date, salt String, created DateTime64(6, 'UTC') DEFAULT now64(6), writer String\n)"
+                   f" ENGINE = {salt_engine}\nORDER BY day\nTTL day + toIntervalDay(2)\n"
+                   f"SETTINGS non_replicated_deduplication_window = 1000")
         out.extend(view_statements(self))
         return out
 

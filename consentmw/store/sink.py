@@ -199,5 +199,6 @@ class ClickHouseSink:
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
         return self.client().query(sql, parameters=parameters)
 
-    def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
-        return self.client().command(sql, parameters=parameters)
+    def command(self, sql: str, parameters: dict[str, Any] | None = None,
+                settings: dict[str, Any] | None = None) -> Any:
+        return self.client().command(sql, parameters=parameters, settings=settings)
