@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from consentmw.store.dsn import DsnError, parse_dsn, scrub
+from consentmw.store.dsn import Dsn, DsnError, parse_dsn, scrub
 from consentmw.store.schema import SCHEMA_VERSION, Schema
 
 
@@ -62,11 +62,17 @@ def _locked_elsewhere(path: str) -> bool:
         os.close(fd)
 
 
-def resolve_dsn(dsn: str) -> tuple[str, str | None]:
-    """Normalise a DSN; for chDB return the absolute data directory as well."""
+def _usable(dsn: str) -> Dsn:
+    """The parsed DSN, if this installation can use it (chDB is an extra)."""
     parsed = parse_dsn(dsn)
     if parsed.chdb_path and importlib.util.find_spec("chdb") is None:
         raise DsnError(f"clickhouse_dsn {dsn[:80]!r} is the embedded store, which needs chDB: {EMBEDDED_EXTRA}")
+    return parsed
+
+
+def resolve_dsn(dsn: str) -> tuple[str, str | None]:
+    """Normalise a DSN; for chDB return the absolute data directory as well."""
+    parsed = _usable(dsn)
     return ("chdb://" + parsed.chdb_path if parsed.chdb_path else parsed.text), parsed.chdb_path
 
 
@@ -86,7 +92,7 @@ class ClickHouseSink:
 
     def __init__(self, dsn: str, schema: Schema, *, connect_timeout: float = 3.0,
                  send_receive_timeout: float = 10.0) -> None:
-        self.address = parse_dsn(dsn)
+        self.address = _usable(dsn)
         self.chdb_path = self.address.chdb_path
         #: the DSN for messages: the password is never shown
         self.dsn = "chdb://" + self.chdb_path if self.chdb_path else self.address.redacted
