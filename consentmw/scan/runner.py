@@ -132,7 +132,7 @@ async def scan(config: ScanConfig, progress: Progress | None = None) -> ScanResu
                     wake.clear()
                     await wake.wait()
                     continue
-                if deadline and time.monotonic() > deadline:
+                if deadline and pages and time.monotonic() > deadline:   # the start page is always visited
                     stopped = f"--max-seconds {config.max_seconds:g} reached"
                     frontier.queue.clear()
                     wake.set()
