@@ -12,6 +12,8 @@ import sys
 import time
 from typing import IO, Any, Callable, Sequence
 
+from consentmw.core.redact import exception_text, redact, redact_dsn
+
 Command = Callable[[argparse.Namespace], int]
 
 
@@ -37,7 +39,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     sink = open_sink(args)
     sink.client()
-    print(f"schema up to date in database {sink.database} ({sink.dsn})")
+    print(f"schema up to date in database {sink.database} ({redact_dsn(sink.dsn)})")
     return 0
 
 
@@ -182,7 +184,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
     try:
         receipt = rights.erase(subject, requested_by="operator:cli")
     except RightsError as exc:
-        print(f"consentmw: {exc}", file=sys.stderr)
+        print(f"consentmw: {redact(str(exc))}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(receipt, ensure_ascii=False, indent=2, default=str))
@@ -229,7 +231,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             progress.update(size)
     except SinkError as exc:
         progress.close()
-        print(f"consentmw: replay stopped after {rows} rows: {exc}", file=sys.stderr)
+        print(f"consentmw: replay stopped after {rows} rows: {redact(str(exc))}", file=sys.stderr)
         return 1
     progress.close()
     left = spool.bytes()
@@ -391,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except CLIError as exc:
-        print(f"consentmw: {exc}", file=sys.stderr)
+        print(f"consentmw: {redact(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -400,7 +402,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from consentmw.core.settings import SettingsError
         from consentmw.store.sink import SinkError
 
-        if isinstance(exc, (PolicyError, SettingsError, SinkError, ValueError, OSError)):
-            print(f"consentmw: {exc}", file=sys.stderr)
+        driver = type(exc).__module__.startswith("clickhouse_connect")  # the store refused or is away
+        if driver or isinstance(exc, (PolicyError, SettingsError, SinkError, ValueError, OSError)):
+            text = str(exc).strip() or type(exc).__name__
+            print(f"consentmw: {redact(text.splitlines()[0][:300] if driver else text)}", file=sys.stderr)
             return 1
-        raise
+        # A bug: the traceback helps, but it may carry what the failing call was given.
+        print(f"consentmw: unexpected error\n{exception_text(exc)}", file=sys.stderr, end="")
+        return 1

@@ -2,7 +2,11 @@
 
 Whatever the browser sends is untrusted. An event that breaks any rule rejects the
 whole batch with a reason (so a broken client shows up in its developer's console),
-and nothing of it is stored.
+and nothing of it is stored. Free text (path, referrer, link, property values) is
+repaired by `consentmw.core.text.clean` (a lone surrogate, NUL or non-character becomes
+U+FFFD: JavaScript strings can hold lone surrogates, and one odd character must not cost
+the visitor's other events); identifiers (type, event and property names) must match
+their patterns, which admit none of those characters.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import math
 import re
 from typing import Any
 from urllib.parse import urlsplit
+
+from consentmw.core.text import clean
 
 BODY_LIMIT = 32 * 1024
 MAX_EVENTS = 50
@@ -81,8 +87,8 @@ def _event(event: Any, i: int) -> dict[str, Any]:
             raise BeaconError(f"{where}.url: not a URL") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise BeaconError(f"{where}.url: expected an http(s) URL")
-        out["link_host"] = parts.hostname.lower()[:255]
-        out["link_path"] = parts.path[:MAX_PATH] or "/"
+        out["link_host"] = clean(parts.hostname.lower()[:255])
+        out["link_path"] = clean(parts.path[:MAX_PATH]) or "/"
     else:
         event_name = event.get("name")
         if not isinstance(event_name, str) or not _NAME.fullmatch(event_name):
@@ -95,7 +101,7 @@ def _event(event: Any, i: int) -> dict[str, Any]:
 def _path(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value.startswith("/") or len(value) > MAX_PATH:
         raise BeaconError(f"{where}.path: expected a path starting with '/' (at most {MAX_PATH} characters)")
-    return value.split("?", 1)[0].split("#", 1)[0]
+    return clean(value.split("?", 1)[0].split("#", 1)[0])
 
 
 def _text(value: Any, where: str, limit: int) -> str:
@@ -103,7 +109,7 @@ def _text(value: Any, where: str, limit: int) -> str:
         raise BeaconError(f"{where}: expected a string")
     if len(value) > limit:
         raise BeaconError(f"{where}: longer than {limit} characters")
-    return value
+    return clean(value)
 
 
 def _number(value: Any, where: str, limit: float, integer: bool) -> float | int:
@@ -131,5 +137,5 @@ def _props(value: Any, where: str) -> dict[str, str]:
             raise BeaconError(f"{where}.{key}: expected a string, number or boolean")
         if len(item) > MAX_PROP_VALUE:
             raise BeaconError(f"{where}.{key}: longer than {MAX_PROP_VALUE} characters")
-        out[key] = item
+        out[key] = clean(item)
     return out

@@ -18,6 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from consentmw.core import text
+
 Codes = np.ndarray  # int64 row -> group number, numbered in order of first appearance
 
 
@@ -53,17 +55,34 @@ class HitColumns:
 
 
 def _array(values: list[Any], kind: pa.DataType | None) -> pa.Array:
-    """Values as an Arrow array; for text, raw header bytes are read as UTF-8.
+    """Values as an Arrow array; text is made valid by `consentmw.core.text` on the way.
 
     Arrow takes str and valid UTF-8 bytes alike without a Python step per value; only a
-    batch holding invalid bytes pays for decoding them one by one (with replacement).
+    batch holding invalid bytes or a lone surrogate pays for decoding them one by one
+    (with replacement). NUL and non-characters are valid UTF-8 to Arrow, so one
+    vectorised regex pass finds them and only the rows holding one are repaired.
     """
     try:
-        return pa.array(values, type=kind)
-    except pa.ArrowInvalid:
+        array = pa.array(values, type=kind)
+    except (pa.ArrowInvalid, UnicodeEncodeError):
         if kind != pa.string():
             raise
-        return pa.array([v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in values], type=kind)
+        return pa.array([None if v is None else text.decode(v) for v in values], type=kind)
+    if kind == pa.string() and _may_hold_invalid(array):
+        if pc.any(pc.match_substring_regex(array, text.INVALID_RE2)).as_py():
+            repaired = [None if v is None else text.clean(v) for v in array.to_pylist()]
+            array = pa.array(repaired, type=kind)
+    return array
+
+
+def _may_hold_invalid(array: pa.Array) -> bool:
+    """A fast pre-check over the raw UTF-8 bytes: NUL is byte 0, and every non-character
+    starts with byte 0xEF (U+FDD0.., U+FFFE/F) or 0xF0-0xF4 (the other planes)."""
+    data = array.buffers()[2] if len(array) else None
+    if data is None or not data.size:
+        return False
+    raw = np.frombuffer(data, dtype=np.uint8)
+    return bool(raw.min() == 0 or raw.max() >= 0xEF)
 
 
 class Selection:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
+from consentmw.core.text import clean
+
 #: Query parameters worth keeping (campaign tags and ad click ids); everything else is dropped.
 CAMPAIGN_PARAMS = frozenset({"utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content", "ref"})
 CLICK_ID_PARAMS = frozenset({"gclid", "gbraid", "wbraid", "dclid", "fbclid", "msclkid", "yclid", "ttclid", "twclid", "li_fat_id"})
@@ -53,5 +55,5 @@ def campaign_params(query_string: bytes) -> dict[str, str] | None:
         pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=False)
     except ValueError:
         return None
-    kept = {k: v[:200] for k, v in pairs if k in _KEEP}
+    kept = {k: clean(v[:200]) for k, v in pairs if k in _KEEP}
     return kept or None

@@ -12,7 +12,7 @@ version.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -87,9 +87,14 @@ class Minimiser:
                 records.append(item)
             else:
                 hits.append(item)
-        out: Tables = self._hits(hits) if hits else {}
-        if records:
-            out[LEDGER_TABLE] = self._ledger(records)
+        counts = replace(self.counts)
+        try:
+            out: Tables = self._hits(hits) if hits else {}
+            if records:
+                out[LEDGER_TABLE] = self._ledger(records)
+        except BaseException:
+            self.counts = counts  # the writer splits a failed batch and tries again: count once
+            raise
         return out
 
     # -- events --------------------------------------------------------------

@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import re
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from consentmw.core.redact import redact
 from consentmw.store.views import PROFILE_READ, PROFILE_TABLE, profile_purpose
+
+log = logging.getLogger("consentmw.profile")
 
 if TYPE_CHECKING:  # pragma: no cover
     from starlette.requests import Request
@@ -98,7 +102,7 @@ class ProfileService:
     """Loads and caches profiles. `get(state)` is the coroutine behind `consent_profile()`."""
 
     def __init__(self, sink: "ClickHouseSink", policy: "Policy", blocklist: "Blocklist", *,
-                 ttl: float = 5.0, max_entries: int = 10_000) -> None:
+                 ttl: float = 5.0, max_entries: int = 10_000, max_bytes: int = 16 << 20) -> None:
         self.sink = sink
         self.purpose = profile_purpose(policy)
         self.blocklist = blocklist
@@ -108,16 +112,20 @@ class ProfileService:
         # visitor id -> (ms since epoch, path) of their page views as queued, newest last: a
         # visitor sees their own latest views at once, not after the writer and the cache.
         self._pending: dict[str, deque[tuple[int, str]]] = {}
+        #: the cache is bounded in bytes too: a profile holds up to ~40 paths of up to 1 KB
+        self.max_bytes = max_bytes
+        self._bytes = 0
         self.loads = 0
 
     def forget(self, visitor_id: str | None) -> None:
         if visitor_id:
-            self._cache.pop(visitor_id, None)
+            self._drop(visitor_id)
             self._pending.pop(visitor_id, None)
 
     def clear(self) -> None:
         self._cache.clear()
         self._pending.clear()
+        self._bytes = 0
 
     def note(self, hit: "Hit") -> None:
         """A page view was queued (`Collector.on_visitor_view`, event loop): remember it for
@@ -179,13 +187,28 @@ class ProfileService:
         hit = self._cache.get(vid)
         if hit is not None and now - hit[0] < self.ttl:
             return self._merged(hit[1])
-        profile = await asyncio.to_thread(self.load, vid)
-        if len(self._cache) >= self.max_entries:
+        try:
+            profile = await asyncio.to_thread(self.load, vid)
+        except Exception as exc:  # noqa: BLE001 - a profile is an extra: no store, no profile
+            log.warning("consentmw: profile unavailable (%s)",
+                        redact(str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__))
+            return None
+        size = _footprint(profile)
+        if len(self._cache) >= self.max_entries or self._bytes + size > self.max_bytes:
             expired = [k for k, (at, _) in self._cache.items() if now - at >= self.ttl]
-            for key in expired or list(self._cache)[: self.max_entries // 2]:
-                self._cache.pop(key, None)
+            for key in expired or list(self._cache)[: max(1, len(self._cache) // 2)]:
+                self._drop(key)
+        old = self._cache.pop(vid, None)
+        if old is not None:
+            self._bytes -= _footprint(old[1])
         self._cache[vid] = (time.monotonic(), profile)
+        self._bytes += size
         return self._merged(profile)
+
+    def _drop(self, key: str) -> None:
+        found = self._cache.pop(key, None)
+        if found is not None:
+            self._bytes -= _footprint(found[1])
 
     def load(self, visitor_id: str) -> Profile:
         """One query on the aggregate (no cache)."""
@@ -211,6 +234,13 @@ class ProfileService:
             language=row["language"], country=row["country"], city=row["city"], device=row["device"],
             first_source=row["first_source"],
         )
+
+
+def _footprint(profile: Profile) -> int:
+    """Roughly the bytes a cached profile holds (its text; fixed overhead per entry)."""
+    text = sum(len(p) for p in profile.recent_pages) + sum(len(p) for p, _ in profile.top_pages)
+    text += sum(len(p) for p in profile.recent_sections) + sum(len(p) for p, _ in profile.top_sections)
+    return 512 + text + len(profile.site) + len(profile.first_source)
 
 
 async def get_profile(request: "Request") -> Profile | None:

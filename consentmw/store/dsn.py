@@ -19,7 +19,9 @@ import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from consentmw.core.redact import redact as redact_text, redact_dsn, remember_dsn
 
 SERVER_SCHEMES = {"http": False, "https": True, "clickhouse": False, "clickhouses": True}
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -122,6 +124,7 @@ def parse_dsn(text: str) -> Dsn:
     }
     if database:
         kwargs["database"] = database
+    remember_dsn(text)  # masked wherever it shows up from now on
     return Dsn(text=text, database=database, client_kwargs=kwargs)
 
 
@@ -167,33 +170,20 @@ def _database(text: str, path: str, param: str | None) -> str | None:
     return database
 
 
-_PASSWORD_PARAM = re.compile(r"(?i)([?&](?:password|key)=)[^&#]*")
-
-
 def redact(text: str) -> str:
-    """The DSN with its password replaced by '***' (in the userinfo and in password=)."""
+    """The DSN with its password replaced by '***' (in the userinfo and in password=).
+
+    The rule lives in `consentmw.core.redact`, the one helper every message goes through.
+    """
     if not isinstance(text, str):
         return "<not a string>"
-    try:
-        parts = urlsplit(text)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, _, hostport = netloc.rpartition("@")
-            user, colon, _ = userinfo.partition(":")
-            netloc = f"{user}{':***' if colon else ''}@{hostport}"
-        cleaned = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    except ValueError:
-        cleaned = re.sub(r"//[^/@]*@", "//***@", text)
-    return _PASSWORD_PARAM.sub(r"\1***", cleaned)
+    return redact_dsn(text)
 
 
 def scrub(message: str, dsn: Dsn) -> str:
     """A driver message with the DSN's password (raw and URL-quoted) removed, for logs."""
-    password = dsn.password
-    if password:
-        for form in {password, quote(password, safe=""), quote(password)}:
-            message = message.replace(form, "***")
-    return message
+    remember_dsn(dsn.text)
+    return redact_text(message)
 
 
 def choose_database(dsn: Dsn, configured: str, default: str = "consentmw") -> str:

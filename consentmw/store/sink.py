@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from consentmw.core.redact import redact
 from consentmw.store.dsn import Dsn, DsnError, parse_dsn, scrub
 from consentmw.store.schema import SCHEMA_VERSION, Schema
 
@@ -24,7 +25,14 @@ EMBEDDED_EXTRA = "pip install 'consentmw[embedded]'"
 
 
 class SinkError(RuntimeError):
-    """The store could not take a batch (down, slow, full, or it refused it)."""
+    """The store could not take a batch (down, slow, full, or it refused it).
+
+    Its text is redacted (no DSN password), and it is raised `from None`: the driver's
+    own exception may repeat the URL with its credentials.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
 
 
 class StoreLockedError(SinkError):
@@ -141,7 +149,7 @@ class ClickHouseSink:
                 ) from None
             self._refused(exc)
             first = message.splitlines()[0][:300] if message else type(exc).__name__
-            raise SinkError(f"cannot connect to ClickHouse at {self.dsn}: {first}") from exc
+            raise SinkError(f"cannot connect to ClickHouse at {self.dsn}: {first}") from None
 
     def _refused(self, exc: Exception) -> None:
         """Raise StoreConfigError if the server refused us for a reason no retry can fix."""
@@ -165,7 +173,7 @@ class ClickHouseSink:
                 parameters={"v": self.schema.policy.version})
         except Exception as exc:  # noqa: BLE001
             self._refused(exc)
-            raise SinkError(f"schema migration failed: {scrub(str(exc), self.address).splitlines()[0][:300]}") from exc
+            raise SinkError(f"schema migration failed: {scrub(str(exc), self.address).splitlines()[0][:300]}") from None
 
     def close(self) -> None:
         with self._lock:
@@ -193,7 +201,7 @@ class ClickHouseSink:
             raise
         except Exception as exc:  # noqa: BLE001
             self._reset_after(exc)
-            raise SinkError(f"insert into {table} failed: {str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}") from exc
+            raise SinkError(f"insert into {table} failed: {str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}") from None
 
     def _reset_after(self, exc: Exception) -> None:
         """Drop a server connection after a network failure so the next try reconnects."""

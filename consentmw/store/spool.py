@@ -135,8 +135,10 @@ class Spool:
         self._seq = 0
 
     def _ensure_dir(self) -> None:
+        """Create the spool and quarantine directories owner-only (0700): they hold visitor data."""
         if not self._ready:
-            (self.dir / "quarantine").mkdir(parents=True, exist_ok=True)
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            (self.dir / "quarantine").mkdir(mode=0o700, exist_ok=True)
             self._ready = True
 
     # -- writing -------------------------------------------------------------
@@ -318,14 +320,24 @@ class Spool:
 
     def _quarantine(self, seg: Path, blob: builtins.bytes, why: str) -> None:
         self.stats.corrupt += 1
-        self.stats.quarantined_bytes += len(blob)
-        self._ensure_dir()
-        target = self.dir / "quarantine" / f"{seg.stem}-{time.time_ns()}.bad"
-        try:
-            target.write_bytes(blob)
-        except OSError as exc:
-            log.error("consentmw: could not quarantine %d bytes of %s: %s", len(blob), seg.name, exc)
+        self.keep_bad(seg.stem, blob)
         log.error("consentmw: spool segment %s: %s (%d bytes quarantined)", seg.name, why, len(blob))
+
+    def keep_bad(self, stem: str, blob: builtins.bytes) -> Path | None:
+        """Keep bytes nobody could store in `quarantine/` for inspection, owner-only (0600)."""
+        self.stats.quarantined_bytes += len(blob)
+        try:
+            with self._lock:
+                self._ensure_dir()
+                self._seq += 1
+            target = self.dir / "quarantine" / f"{stem}-{time.time_ns()}-{os.getpid()}-{self._seq}.bad"
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with open(fd, "wb") as f:
+                f.write(blob)
+            return target
+        except OSError as exc:
+            log.error("consentmw: could not quarantine %d bytes (%s): %s", len(blob), stem, exc)
+            return None
 
 
 def _lock_existing(path: Path) -> int | None:

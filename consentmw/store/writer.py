@@ -24,6 +24,7 @@ no-op. Only a full spool (size cap or disk) drops rows, and every drop is counte
 from __future__ import annotations
 
 import io
+import json
 import logging
 import random
 import threading
@@ -31,14 +32,15 @@ import time
 import uuid
 from collections import deque
 from contextlib import closing
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
+from consentmw.core.redact import exception_text, redact
 from consentmw.store.sink import ClickHouseSink, SinkError, StoreConfigError
-from consentmw.store.spool import Record, Spool, SpoolFull
+from consentmw.store.spool import Record, Spool, SpoolFull, encode_record
 
 log = logging.getLogger("consentmw.writer")
 
@@ -48,6 +50,9 @@ Process = Callable[[Iterable[Any]], dict[str, pa.Table]]
 #: A spooled record the store keeps refusing while it answers everything else is moved
 #: to the quarantine after this many attempts, so one bad batch cannot block the spool.
 POISON_ATTEMPTS = 5
+#: A batch that fails for a reason other than the store being down is split to find its bad
+#: items; after this many failed tries the rest of it is quarantined whole (bounded work).
+MAX_SPLIT_FAILURES = 64
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 #: A store that refuses us (credentials, rights, missing database) waits for an operator:
 #: retry it no faster than this.
@@ -68,6 +73,7 @@ class Stats:
     rate_limited: int = 0
     insert_failures: int = 0
     poisoned: int = 0
+    quarantined: int = 0
     last_flush: float | None = None
     last_error: str = ""
     sink_healthy: bool = False
@@ -80,6 +86,43 @@ class Stats:
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+
+def bisect(items: list[Any], attempt: Callable[[list[Any]], bool],
+           max_failures: int) -> Iterator[tuple[list[Any], bool]]:
+    """Split a batch that failed as a whole into (part, failed) pieces, depth first, in order.
+
+    `attempt(part)` tries a part and, when it works, has done the work. A part that fails
+    is halved until single items fail alone. After `max_failures` failed tries the parts
+    not tried yet are given up as failed whole: a batch of nothing but bad items costs a
+    bounded number of tries, not two per item.
+    """
+    if len(items) <= 1:
+        yield items, True
+        return
+    failures = 1  # the whole batch
+    half = len(items) // 2
+    stack = [items[half:], items[:half]]
+    while stack:
+        part = stack.pop()
+        if failures >= max_failures:
+            yield part, True
+        elif attempt(part):
+            yield part, False
+        else:
+            failures += 1
+            if len(part) == 1:
+                yield part, True
+            else:
+                half = len(part) // 2
+                stack.extend((part[half:], part[:half]))
+
+
+def _describe(item: Any) -> Any:
+    """A JSON-ready view of a queued item (a hit or a ledger record) for the quarantine file."""
+    if is_dataclass(item) and not isinstance(item, type):
+        return {f.name: getattr(item, f.name) for f in fields(item)}
+    return item
 
 
 def encode_ipc(table: pa.Table) -> bytes:
@@ -237,8 +280,8 @@ class Writer:
                         self.probe()
                     if self.healthy and self.spool.pending():
                         self.replay(stop)
-                except Exception:  # noqa: BLE001 - the replayer must outlive any bug
-                    log.exception("consentmw: replay failed unexpectedly")
+                except Exception as exc:  # noqa: BLE001 - the replayer must outlive any bug
+                    log.error("consentmw: replay failed unexpectedly: %s", exception_text(exc))
                     self._failed(RuntimeError("replay error"), quiet=True)
             wait = max(0.05, min(0.5, self._retry_at - time.monotonic()))
             self._replay_wake.wait(wait)
@@ -277,10 +320,29 @@ class Writer:
     def _write(self, items: list[Any], to_sink: bool) -> None:
         try:
             rows = self.process(items)
-        except Exception:  # noqa: BLE001 - a bug in enrichment must not kill the writer
-            log.exception("consentmw: processing a batch of %d items failed; items dropped", len(items))
-            self._drop(len(items), "processing error")
+        except Exception as exc:  # noqa: BLE001 - a bug or a bad item must not kill the writer
+            # Not the store's fault: split the batch; only items that fail alone are kept aside.
+            log.error("consentmw: processing a batch of %d items failed (%s); isolating the bad ones",
+                      len(items), redact(str(exc))[:200] or type(exc).__name__)
+            errors = [exc]
+
+            def attempt(part: list[Any]) -> bool:
+                try:
+                    done = self.process(part)
+                except Exception as exc:  # noqa: BLE001 - the question asked
+                    errors.append(exc)
+                    return False
+                self._emit(done, to_sink)
+                return True
+
+            for part, failed in bisect(items, attempt, MAX_SPLIT_FAILURES):
+                if failed:
+                    self._quarantine_items(part, errors[-1])
             return
+        self._emit(rows, to_sink)
+
+    def _emit(self, rows: dict[str, pa.Table], to_sink: bool) -> None:
+        """Insert one processed batch (one table at a time), or spool it."""
         batch_id = uuid.uuid4().hex
         for table, data in rows.items():
             token = f"{batch_id}:{table}"
@@ -288,6 +350,17 @@ class Writer:
                 self._insert(table, data, token)
             else:
                 self._spool(table, data, token)
+
+    def _quarantine_items(self, items: list[Any], why: Exception | str) -> None:
+        """Keep items no batch could process for inspection (0600) and count them; never raises."""
+        self.stats.add("quarantined", len(items))
+        reason = redact(str(why))[:300] or type(why).__name__
+        try:
+            blob = "\n".join(json.dumps({"why": reason, "item": _describe(item)}, default=repr) for item in items)
+        except Exception:  # noqa: BLE001 - describing a broken item may fail too
+            blob = "\n".join(repr(item) for item in items)
+        path = self.spool.keep_bad("items", blob.encode("utf-8", "backslashreplace"))
+        log.error("consentmw: %d item(s) could not be processed (%s); kept in %s", len(items), reason, path)
 
     def _insert(self, table: str, data: pa.Table, token: str) -> None:
         """Insert directly; on failure spool the batch (unless shutdown already spooled it)."""
@@ -313,7 +386,7 @@ class Writer:
             self.spool.write(Record("rows", table, token, encode_ipc(data)))
             self.stats.add("spooled", data.num_rows)
         except SpoolFull as exc:
-            self._drop(data.num_rows, str(exc))
+            self._drop(data.num_rows, redact(str(exc)))
         self._replay_wake.set()
 
     # -- health and replay -------------------------------------------------------
@@ -329,7 +402,7 @@ class Writer:
         was_healthy = self.stats.sink_healthy
         self.stats.sink_healthy = False
         self.stats.add("insert_failures", 1)
-        self.stats.last_error = str(exc)[:300]
+        self.stats.last_error = redact(str(exc))[:300]
         if isinstance(exc, StoreConfigError):
             self._backoff = max(self._backoff, BACKOFF_REFUSED)
         self._retry_at = time.monotonic() + self._backoff * (0.5 + random.random())
@@ -370,24 +443,57 @@ class Writer:
                     self.spool._quarantine(_seg, record.body, "undecodable batch")
                     ack()
                     continue
+                stored = data.num_rows
                 try:
                     self.sink.insert(record.table, data, record.token)
                 except SinkError as exc:
-                    if self._poisoned(record, data, exc):
-                        self.spool._quarantine(_seg, record.body, f"refused {POISON_ATTEMPTS} times: {exc}")
-                        self.stats.add("poisoned", data.num_rows)
-                        ack()
-                        continue
-                    self._failed(exc)
-                    break
+                    if not self._poisoned(record, data, exc):
+                        self._failed(exc)
+                        break
+                    # The store answers but keeps refusing this batch: store every row it takes.
+                    try:
+                        stored = self._isolate_rows(record, data)
+                    except SinkError as again:  # down in the middle: the record stays, in order
+                        self._failed(again)
+                        break
                 ack()
                 self._attempts.pop(record.token, None)
                 self._healthy()
-                self.stats.add("replayed", data.num_rows)
-                self.stats.add("stored", data.num_rows)
+                self.stats.add("replayed", stored)
+                self.stats.add("stored", stored)
                 self.stats.last_flush = time.time()
-                moved += data.num_rows
+                moved += stored
         return moved
+
+    def _isolate_rows(self, record: Record, data: pa.Table) -> int:
+        """Insert the slices of a refused batch the store takes; quarantine the rest in one file.
+
+        Each slice keeps a token derived from the batch's and its position, so a bisection
+        cut short by an outage and repeated later stores every slice once. Raises SinkError
+        when the store stops answering (then nothing is quarantined and the record stays).
+        """
+        def fits(part: list[int]) -> bool:
+            start, stop = part[0], part[-1] + 1
+            try:
+                self.sink.insert(record.table, data.slice(start, stop - start), f"{record.token}:{start}-{stop}")
+            except SinkError:
+                try:
+                    self.sink.command("SELECT 1")
+                except Exception as exc:  # noqa: BLE001 - the store is down: not the rows' fault
+                    raise SinkError(redact(str(exc))[:300]) from None
+                return False
+            return True
+
+        pieces = list(bisect(list(range(data.num_rows)), fits, MAX_SPLIT_FAILURES))
+        bad = [part for part, failed in pieces if failed]
+        rows = sum(len(part) for part in bad)
+        if bad:
+            kept = pa.concat_tables([data.slice(part[0], len(part)) for part in bad])
+            self.spool.keep_bad("rows", encode_record(Record("rows", record.table, record.token, encode_ipc(kept))))
+            self.stats.add("poisoned", rows)
+            log.error("consentmw: the store refused %d of %d rows for %s %d times; those rows are quarantined, "
+                      "the rest is stored", rows, data.num_rows, record.table, POISON_ATTEMPTS)
+        return data.num_rows - rows
 
     def _poisoned(self, record: Record, data: pa.Table, exc: SinkError) -> bool:
         """True when the store answers but keeps refusing this one record."""

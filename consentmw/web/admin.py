@@ -29,6 +29,7 @@ COUNTERS = {
     "rate_limited": "Beacon requests refused by the rate limit",
     "insert_failures": "Failed inserts or connection attempts to ClickHouse",
     "poisoned": "Spooled rows quarantined because ClickHouse kept refusing them",
+    "quarantined": "Queued items quarantined because no batch could process them",
     "bots_ignored": "Hits ignored because the user agent is a bot",
     "spool_corrupt": "Torn or corrupt spool records quarantined",
 }

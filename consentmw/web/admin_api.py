@@ -14,6 +14,7 @@ import asyncio
 import hmac
 from typing import TYPE_CHECKING, Any
 
+from consentmw.core.redact import redact
 from consentmw.web.http import HTTPProblem
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -74,7 +75,8 @@ def register(api: "ConsentAPI") -> None:
         except ValueError as exc:
             raise HTTPProblem(400, str(exc)[:200]) from None
         except Exception as exc:  # noqa: BLE001
-            raise HTTPProblem(503, f"the data store is unavailable: {str(exc).splitlines()[0][:150] if str(exc) else type(exc).__name__}") from None
+            reason = redact(str(exc).splitlines()[0][:150] if str(exc) else type(exc).__name__)
+            raise HTTPProblem(503, f"the data store is unavailable: {reason}") from None
 
     def _export(vid: str) -> dict[str, Any] | None:
         engine = rights()
@@ -111,7 +113,7 @@ def register(api: "ConsentAPI") -> None:
         try:
             data = await call(_erase, visitor_id(request))
         except RightsError as exc:
-            raise HTTPProblem(500, str(exc)[:300]) from None
+            raise HTTPProblem(500, redact(str(exc))[:300]) from None
         if data is None:
             raise HTTPProblem(404, "no data stored for this id")
         return json_response({"erased": True, "receipt": data})

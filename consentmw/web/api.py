@@ -19,7 +19,9 @@ from consentmw.collect.hit import Hit
 from consentmw.collect.ip import ClientView, TrustedProxies, joined_header
 from consentmw.core.consent import (COOKIE_NAME, HOST_COOKIE_NAME, ConsentCodec, ConsentState, CookiePick,
                                     new_id, pick_cookie)
-from consentmw.web.http import HTTPProblem, check_same_origin, header, origin_of, parse_json, read_body
+from consentmw.core import text
+from consentmw.web.http import (HTTPProblem, check_same_origin, header, header_bytes, origin_of, parse_json,
+                                read_body)
 from consentmw.core.ledger import ACTION_CHANGE, ACTION_GRANT, ACTION_WITHDRAW, ConsentRecord
 from consentmw.core.policy import LANGUAGES, Policy
 from consentmw.core.settings import Settings
@@ -216,10 +218,10 @@ class ConsentAPI:
             consent_id=state.id or "", ts=time.time(), action=action,
             policy_version=self.policy.version, granted=sorted(state.granted),
             denied=sorted(self.policy.ids - state.granted), source=state.source, gpc=state.gpc,
-            language=lang, texts_hash=self.policy.texts_hash(lang), page=page[:512],
-            peer_ip=client[0] or "", forwarded_for=self.forwarded(scope)[:512],
-            user_agent=(header(scope, b"user-agent") or "")[:512],
-            site=(header(scope, b"host") or "").split(":")[0][:255], visitor_id=state.visitor_id,
+            language=lang, texts_hash=self.policy.texts_hash(lang), page=text.decode(page, 512),
+            peer_ip=client[0] or "", forwarded_for=text.decode(self.forwarded(scope), 512),
+            user_agent=text.decode(header_bytes(scope, b"user-agent"), 512),
+            site=text.decode(header_bytes(scope, b"host"), 300).split(":")[0][:255], visitor_id=state.visitor_id,
         )
 
     # -- handlers ------------------------------------------------------------

@@ -6,9 +6,16 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 from typing import TYPE_CHECKING, Any, Callable
 
+from consentmw.core.redact import redact
 from consentmw.rights.service import Rights, RightsError
+from consentmw.web.http import HTTPProblem
+
+log = logging.getLogger("consentmw.rights")
+#: seconds a visitor is told to wait after the store failed (the replayer retries meanwhile)
+RETRY_AFTER = "30"
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -26,6 +33,18 @@ def _truthy(value: str | None) -> bool:
     if value.lower() in ("1", "true", "yes"):
         return True
     raise HTTPProblem(400, "'erase' must be true or false")
+
+
+class StoreUnavailable(HTTPProblem):
+    """503 with a retry hint and no detail: store errors are for the operator's eyes."""
+
+    def __init__(self) -> None:
+        super().__init__(503, "the data store is unavailable; nothing was changed, please try again later")
+
+    def response(self) -> Any:
+        response = super().response()
+        response.headers["Retry-After"] = RETRY_AFTER
+        return response
 
 
 def register(api: "ConsentAPI") -> None:
@@ -76,8 +95,11 @@ def register(api: "ConsentAPI") -> None:
         except (RightsError, ValueError):
             raise
         except Exception as exc:  # noqa: BLE001 - store down or refusing
-            raise HTTPProblem(503, "the data store is unavailable; nothing was changed, please try again later "
-                                   f"({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})") from None
+            # The visitor learns only that it failed and when to retry; the operator gets
+            # the (redacted) reason in the log and in /health.
+            log.warning("consentmw: %s failed, store unavailable: %s", getattr(fn, "__name__", "rights call"),
+                        redact(str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__))
+            raise StoreUnavailable() from None
 
     def _export(state: "ConsentState") -> dict[str, Any]:
         _settle()
@@ -116,7 +138,7 @@ def register(api: "ConsentAPI") -> None:
         try:
             receipt = await run(_erase, state, "visitor")
         except RightsError as exc:
-            raise HTTPProblem(500, str(exc)[:300]) from None
+            raise HTTPProblem(500, redact(str(exc))[:300]) from None
         api.profiles.forget(state.visitor_id)  # type: ignore[attr-defined]
         response = json_response({"erased": True, "receipt": receipt, "consent": None, "prompt": True})
         # Erasing ends the consent: the cookie is cleared, so nothing more is collected under
@@ -147,8 +169,8 @@ def register(api: "ConsentAPI") -> None:
                 api.profiles.forget(previous.visitor_id)  # type: ignore[attr-defined]
             except (HTTPProblem, RightsError) as exc:
                 status = getattr(exc, "status", 500)
-                body["erasure"] = {"erased": False, "error": getattr(exc, "reason", str(exc))}
-        merged = json_response(body, status)
+                body["erasure"] = {"erased": False, "error": redact(getattr(exc, "reason", None) or str(exc))}
+        merged = json_response(body, status, {"Retry-After": RETRY_AFTER} if status == 503 else None)
         for key, value in response.raw_headers:
             if key == b"set-cookie":
                 merged.raw_headers.append((key, value))

@@ -201,7 +201,7 @@ async def asgi_call(app: Any, method: str, path: str, headers: Iterable[tuple[by
                     body: bytes = b"", client: tuple[str, int] = ("203.0.113.7", 40000),
                     query: bytes = b"") -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
-             "scheme": "http", "path": path, "raw_path": path.encode("utf-8", "surrogateescape"),
+             "scheme": "http", "path": path, "raw_path": path.encode("utf-8", "surrogatepass"),
              "query_string": query, "root_path": "", "headers": list(headers), "client": client,
              "server": ("site.test", 80)}
     sent = False
