@@ -197,10 +197,11 @@ def cmd_erase(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    """Replay the spool; say exactly what was stored, what was quarantined (and where), what is left."""
     from consentmw.ops import open_sink
     from consentmw.store.sink import SinkError
-    from consentmw.store.spool import Spool
-    from consentmw.store.writer import decode_ipc
+    from consentmw.store.spool import Spool, encode_record
+    from consentmw.store.writer import decode_ipc, insert_isolating
 
     directory = args.spool or os.environ.get("CONSENTMW_SPOOL_DIR") or "./consentmw-spool"
     if not os.path.isdir(directory):
@@ -212,33 +213,54 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return 0
     sink = open_sink(args)
     sink.client()
+    before = set(spool.quarantined())
     progress = Progress("replay", total=total, unit="bytes")
-    rows = records = 0
+    rows = records = refused = undecodable = 0
+    stopped = ""
     try:
         for _seg, record, ack in spool.replay():
             size = len(record.body) + len(record.table) + len(record.token) + 64
             try:
                 data = decode_ipc(record.body)
-            except Exception:  # noqa: BLE001 - undecodable despite a valid checksum
-                spool.stats.corrupt += 1
+            except Exception:  # noqa: BLE001 - undecodable despite a valid checksum: kept, never deleted
+                spool.keep_bad("undecodable", encode_record(record))
+                undecodable += 1
                 ack()
                 progress.update(size)
                 continue
-            sink.insert(record.table, data, record.token)  # dedup token: a retried batch is stored once
+            try:
+                sink.insert(record.table, data, record.token)  # dedup token: a retried batch is stored once
+                stored = data.num_rows
+            except SinkError:
+                sink.command("SELECT 1")  # the store is down: stop here, the record stays
+                time.sleep(1.0)  # it answers: one more try before blaming the rows
+                try:
+                    sink.insert(record.table, data, record.token)
+                    stored = data.num_rows
+                except SinkError:
+                    stored, bad, _path = insert_isolating(sink, spool, record, data)
+                    refused += bad
             ack()
-            rows += data.num_rows
+            rows += stored
             records += 1
             progress.update(size)
-    except SinkError as exc:
-        progress.close()
-        print(f"consentmw: replay stopped after {rows} rows: {redact(str(exc))}", file=sys.stderr)
-        return 1
+    except Exception as exc:  # noqa: BLE001 - the store went away: report, keep the rest
+        stopped = redact(str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
     progress.close()
     left = spool.bytes()
-    note = f"; {left} bytes left (segments held by a running process)" if left else ""
-    corrupt = f"; {spool.stats.corrupt} corrupt record(s) moved to quarantine/" if spool.stats.corrupt else ""
-    print(f"replayed {rows} rows in {records} batches from {directory}{note}{corrupt}")
-    return 0
+    kept = sorted(set(spool.quarantined()) - before)
+    corrupt = spool.stats.corrupt
+    print(f"replayed {rows} rows in {records} batches from {directory}"
+          + (f"; {left} bytes left in the spool" + ("" if stopped else " (segments held by a running process)")
+             if left else ""))
+    if kept:
+        parts = [f"{n} {what}" for n, what in ((corrupt, "corrupt record(s)"), (undecodable, "undecodable record(s)"),
+                                              (refused, "row(s) ClickHouse refused")) if n]
+        print(f"consentmw: quarantined, not stored: {', '.join(parts)}; kept for inspection in "
+              f"{', '.join(str(p) for p in kept)}", file=sys.stderr)
+    if stopped:
+        print(f"consentmw: replay stopped after {rows} rows: {stopped}", file=sys.stderr)
+    return 1 if stopped or kept else 0
 
 
 def cmd_scan(args: argparse.Namespace) -> int:

@@ -132,3 +132,51 @@ def test_replay_moves_the_spool_into_the_store(make_app: Any, ch: Any, chdb_dsn:
     assert ch.query(f"SELECT count() FROM {database}.consent_log WHERE consent_id LIKE 'spooled%'").result_rows == [(3,)]
     assert main(["replay", *store, "--spool", str(tmp_path / "spool")]) == 0
     assert "empty" in capsys.readouterr().out
+
+
+def test_replay_says_what_it_quarantined_and_deletes_nothing_it_did_not_store(
+        make_app: Any, ch: Any, chdb_dsn: str, database: str, tmp_path: Path, capsys: Any) -> None:
+    """A good batch, a batch with two rows ClickHouse refuses (malformed UUIDs), an undecodable
+    record and a torn tail: the good rows are stored, everything else is kept and named."""
+    from consentmw.store.spool import parse_segment
+    from consentmw.store.writer import decode_ipc
+
+    mw = make_app()
+    mw.collector.sink.client()
+    spool = Spool(tmp_path / "spool")
+    now = int(time.time() * 1000)
+
+    def ledger(ids: list[str], tag: str) -> bytes:
+        n = len(ids)
+        columns = {"record_id": ids, "consent_id": [f"{tag}{i}" for i in range(n)], "ts": [now] * n,
+                   "action": ["grant"] * n, "policy_version": ["v"] * n, "granted": [["necessary"]] * n,
+                   "denied": [[]] * n, "source": ["banner"] * n, "gpc": [False] * n, "language": ["en"] * n,
+                   "texts_hash": ["h"] * n, "page": ["/"] * n, "site": ["s"] * n, "ip": [bytes(16)] * n,
+                   "user_agent": ["ua"] * n, "visitor_id": [""] * n}
+        return encode_ipc(to_arrow("consent_log", columns))
+
+    good_ids = [f"00000000-0000-4000-8000-{i:012d}" for i in range(10)]
+    spool.write(Record("rows", "consent_log", "t-good", ledger(good_ids[:4], "truthA")))
+    mixed = good_ids[4:] [:3] + ["not-a-uuid"] + good_ids[7:] + ["nope"]
+    spool.write(Record("rows", "consent_log", "t-mixed", ledger(mixed, "truthB")))
+    spool.write(Record("rows", "consent_log", "t-junk", b"this is not an Arrow stream"))
+    spool.close()
+    [segment] = spool.segments()
+    with open(segment, "ab") as f:
+        f.write(b"CMW1\x00\x00\x01\x00torn")  # a record cut off mid-write
+    store = ["--dsn", chdb_dsn, "--database", database]
+    assert main(["replay", *store, "--spool", str(tmp_path / "spool")]) == 1
+    out, err = capsys.readouterr()
+    assert "replayed 10 rows in 2 batches" in out
+    assert "1 corrupt record(s), 1 undecodable record(s), 2 row(s) ClickHouse refused" in err
+    stored = ch.query(f"SELECT count() FROM {database}.consent_log WHERE consent_id LIKE 'truth%'").result_rows[0][0]
+    assert stored == 10
+    kept = Spool(tmp_path / "spool").quarantined()
+    assert len(kept) == 3 and all(str(p) in err for p in kept)
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in kept)
+    [refused] = [p for p in kept if p.name.startswith("rows-")]
+    [(record, _)], _ = parse_segment(refused.read_bytes())
+    assert sorted(decode_ipc(record.body).column("record_id").to_pylist()) == ["nope", "not-a-uuid"]
+    [junk] = [p for p in kept if p.name.startswith("undecodable-")]
+    assert b"this is not an Arrow stream" in junk.read_bytes()
+    assert not Spool(tmp_path / "spool").pending()

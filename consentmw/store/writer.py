@@ -33,6 +33,7 @@ import uuid
 from collections import deque
 from contextlib import closing
 from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
@@ -116,6 +117,39 @@ def bisect(items: list[Any], attempt: Callable[[list[Any]], bool],
             else:
                 half = len(part) // 2
                 stack.extend((part[half:], part[:half]))
+
+
+def insert_isolating(sink: ClickHouseSink, spool: Spool, record: Record,
+                     data: pa.Table) -> tuple[int, int, Path | None]:
+    """Insert the slices of a refused batch the store takes; quarantine the rest in one file.
+
+    Returns (rows stored, rows quarantined, the quarantine file). Each slice keeps a token
+    derived from the batch's and its position, so a split cut short by an outage and
+    repeated later stores every slice once. Raises SinkError when the store stops
+    answering (then nothing is quarantined and the caller keeps the record).
+    """
+    def fits(part: list[int]) -> bool:
+        start, stop = part[0], part[-1] + 1
+        try:
+            sink.insert(record.table, data.slice(start, stop - start), f"{record.token}:{start}-{stop}")
+        except SinkError:
+            try:
+                sink.command("SELECT 1")
+            except Exception as exc:  # noqa: BLE001 - the store is down: not the rows' fault
+                raise SinkError(redact(str(exc))[:300]) from None
+            return False
+        return True
+
+    pieces = list(bisect(list(range(data.num_rows)), fits, MAX_SPLIT_FAILURES))
+    bad = [part for part, failed in pieces if failed]
+    refused = sum(len(part) for part in bad)
+    path = None
+    if bad:
+        kept = pa.concat_tables([data.slice(part[0], len(part)) for part in bad])
+        path = spool.keep_bad("rows", encode_record(Record("rows", record.table, record.token, encode_ipc(kept))))
+        log.error("consentmw: the store refused %d of %d rows for %s; those rows are quarantined in %s, "
+                  "the rest is stored", refused, data.num_rows, record.table, path)
+    return data.num_rows - refused, refused, path
 
 
 def _describe(item: Any) -> Any:
@@ -466,34 +500,10 @@ class Writer:
         return moved
 
     def _isolate_rows(self, record: Record, data: pa.Table) -> int:
-        """Insert the slices of a refused batch the store takes; quarantine the rest in one file.
-
-        Each slice keeps a token derived from the batch's and its position, so a bisection
-        cut short by an outage and repeated later stores every slice once. Raises SinkError
-        when the store stops answering (then nothing is quarantined and the record stays).
-        """
-        def fits(part: list[int]) -> bool:
-            start, stop = part[0], part[-1] + 1
-            try:
-                self.sink.insert(record.table, data.slice(start, stop - start), f"{record.token}:{start}-{stop}")
-            except SinkError:
-                try:
-                    self.sink.command("SELECT 1")
-                except Exception as exc:  # noqa: BLE001 - the store is down: not the rows' fault
-                    raise SinkError(redact(str(exc))[:300]) from None
-                return False
-            return True
-
-        pieces = list(bisect(list(range(data.num_rows)), fits, MAX_SPLIT_FAILURES))
-        bad = [part for part, failed in pieces if failed]
-        rows = sum(len(part) for part in bad)
-        if bad:
-            kept = pa.concat_tables([data.slice(part[0], len(part)) for part in bad])
-            self.spool.keep_bad("rows", encode_record(Record("rows", record.table, record.token, encode_ipc(kept))))
-            self.stats.add("poisoned", rows)
-            log.error("consentmw: the store refused %d of %d rows for %s %d times; those rows are quarantined, "
-                      "the rest is stored", rows, data.num_rows, record.table, POISON_ATTEMPTS)
-        return data.num_rows - rows
+        stored, refused, _path = insert_isolating(self.sink, self.spool, record, data)
+        if refused:
+            self.stats.add("poisoned", refused)
+        return stored
 
     def _poisoned(self, record: Record, data: pa.Table, exc: SinkError) -> bool:
         """True when the store answers but keeps refusing this one record."""
