@@ -107,13 +107,17 @@ def strip_js(source: str) -> str:
 
 
 def banner_config(policy: Policy, prefix: str, floating_button: bool, css_digest: str,
-                  beacon_digest: str) -> dict[str, Any]:
+                  beacon_digest: str, key_ids: list[str] | None = None, host_cookie: bool = True) -> dict[str, Any]:
     """What banner.js needs before any request: enough to decide, for a returning visitor,
     whether to show anything (policy version, purposes) and to draw the floating button."""
     langs = [lang for lang in LANGUAGES if lang in policy.texts] or ["en"]
     return {
         "p": prefix,
         "v": policy.version,
+        # the ids of the keys that sign this site's cookies: a cookie with another id is not ours
+        "k": list(key_ids or []),
+        # 1: on https the cookie is __Host-consentmw (no cookie_domain, cookie_secure not off)
+        "s": int(host_cookie),
         "l": langs,
         # [id, required, GPC opt-out, collects data]
         "u": [[p.id, int(p.required), int(p.gpc_opt_out), int(p.collects)] for p in policy.purposes],
@@ -124,11 +128,12 @@ def banner_config(policy: Policy, prefix: str, floating_button: bool, css_digest
     }
 
 
-def build_assets(policy: Policy, prefix: str = "/_consent", floating_button: bool = True) -> dict[str, Asset]:
+def build_assets(policy: Policy, prefix: str = "/_consent", floating_button: bool = True,
+                 key_ids: list[str] | None = None, host_cookie: bool = True) -> dict[str, Asset]:
     """The three assets, with the banner's config generated from the policy and settings."""
     css = Asset.build(strip_css(read_static("banner.css").decode("utf-8")).encode("utf-8"), _TYPES[".css"])
     beacon = Asset.build(strip_js(read_static("beacon.js").decode("utf-8")).encode("utf-8"), _TYPES[".js"])
-    config = banner_config(policy, prefix, floating_button, css.digest, beacon.digest)
+    config = banner_config(policy, prefix, floating_button, css.digest, beacon.digest, key_ids, host_cookie)
     source = strip_js(read_static("banner.js").decode("utf-8"))
     if CONFIG_TOKEN not in source:
         raise RuntimeError(f"static/banner.js lacks the {CONFIG_TOKEN} placeholder")
@@ -140,7 +145,8 @@ def build_assets(policy: Policy, prefix: str = "/_consent", floating_button: boo
 
 def register(api: "ConsentAPI") -> dict[str, Asset]:
     """Serve GET (and HEAD) `<prefix>/banner.js`, `/banner.css` and `/beacon.js` from `api`."""
-    assets = build_assets(api.policy, api.settings.prefix, api.settings.floating_button)
+    assets = build_assets(api.policy, api.settings.prefix, api.settings.floating_button, api.codec.key_ids,
+                          api.settings.cookie_domain is None and api.settings.cookie_secure is not False)
 
     def handler(name: str, versioned: bool):
         asset = assets[name]
@@ -164,7 +170,7 @@ def sizes(policy: Policy | None = None) -> dict[str, int]:
     from consentmw.web.state import StateAnswers, public_policy
 
     policy = policy or Policy.default()
-    assets = build_assets(policy)
+    assets = build_assets(policy, key_ids=["0" * 8])  # one key id, as a site serves it
     answers = StateAnswers(lambda lang: public_policy(policy, lang))
     out = {name: len(asset.gz) for name, asset in assets.items()}
     for lang in LANGUAGES:
