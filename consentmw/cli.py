@@ -96,25 +96,29 @@ def _rights(args: argparse.Namespace, secret: str = "") -> Any:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from consentmw.ops import open_sink
-    from consentmw.dashboard.report import build
+    from consentmw.dashboard.queries import PANELS
+    from consentmw.dashboard.report import build, filters_for
 
     if not 1 <= args.days <= 3660:
         raise CLIError("--days must be between 1 and 3660")
+    try:
+        filters = filters_for(args.days, site=args.site)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     sink = open_sink(args)
     sink.client()
-    progress = Progress("report", total=10, unit="queries")
+    progress = Progress("report", total=PANELS, unit="queries")
 
-    def query(sql: str) -> list[tuple[Any, ...]]:
-        rows = sink.query(sql).result_rows
+    def query(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        rows = sink.query(sql, parameters=params).result_rows
         progress.update()
         return rows
 
-    page, charts = build(query, sink.database, days=args.days, site=args.site, title=args.title)
+    page = build(query, sink.database, filters, title=args.title)
     progress.close()
     with open(args.out, "w", encoding="utf-8") as f:
         f.write(page)
-    drawn = sum(1 for c in charts if c.marks)
-    print(f"wrote {args.out}: {len(charts)} charts ({drawn} with data) for the last {args.days} days")
+    print(f"wrote {args.out}: the dashboard for {filters.label()} ({args.days} days)")
     return 0
 
 
@@ -335,9 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_args(p)
     p.set_defaults(func=cmd_migrate)
 
-    p = sub.add_parser("report", help="write a self-contained HTML report with charts",
-                       description="Page views, top pages, sources, consent rates and web vitals as one HTML "
-                                   "file with inline SVG charts (no scripts, no external resources).")
+    p = sub.add_parser("report", help="write the dashboard as one self-contained HTML file",
+                       description="The dashboard (KPIs against the previous period, traffic chart, pages, sources, "
+                                   "countries, devices, links, events, web vitals) as one HTML file with inline SVG "
+                                   "(no scripts, no external resources).")
     _add_store_args(p)
     p.add_argument("--days", type=int, default=30, help="period ending today (default: 30)")
     p.add_argument("--out", default="report.html", help="output file (default: report.html)")

@@ -139,8 +139,8 @@ async def test_every_cookbook_query_runs(make_app: Any, ch: Any, database: str) 
     queries = cookbook()
     assert len(queries) >= 10
     for sql in queries:
-        if "get_client" in sql or "consentmw." not in sql:
-            continue
+        if "get_client" in sql or "consentmw." not in sql or sql.startswith("-- dashboard"):
+            continue  # the dashboard's queries take parameters: tests/dashboard runs them
         sql = sql.replace("consentmw.", f"{database}.")
         result = ch.query(sql)
         assert result.result_rows, f"no rows from:\n{sql}"

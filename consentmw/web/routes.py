@@ -5,10 +5,10 @@ Order matters only where a module wraps another's route (rights wraps DELETE /ch
 
 from __future__ import annotations
 
-from consentmw.web import admin, admin_api, assets, beacon_api, rights
+from consentmw.web import admin, admin_api, assets, beacon_api, dashboard, rights
 from consentmw.web.api import ConsentAPI
 
 
 def register_all(api: ConsentAPI) -> None:
-    for module in (beacon_api, assets, admin, rights, admin_api):
+    for module in (beacon_api, assets, admin, rights, admin_api, dashboard):
         module.register(api)
