@@ -105,7 +105,9 @@ def register(api: "ConsentAPI") -> None:
         except HTTPProblem:
             raise
         except Exception as exc:  # noqa: BLE001 - the store is down or refused the query
-            first = str(exc).splitlines()[0][:150] if str(exc) else type(exc).__name__
+            from consentmw.core.redact import redact  # a DSN in the driver's message keeps its password
+
+            first = redact(str(exc).splitlines()[0][:150]) if str(exc) else type(exc).__name__
             raise HTTPProblem(503, f"the data store is unavailable: {first}") from None
         return HTMLResponse(page, headers=HEADERS)
 

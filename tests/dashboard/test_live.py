@@ -86,10 +86,10 @@ async def test_bad_filters_are_400_with_a_reason(make_app: Any, query: str, reas
 
 
 async def test_store_down_is_503_not_500(make_app: Any, tmp_path: Any) -> None:
-    mw = make_app(site(), admin_token=TOKEN, clickhouse_dsn="http://127.0.0.1:9/")
+    mw = make_app(site(), admin_token=TOKEN, clickhouse_dsn="http://analyst:s3cret-pass@127.0.0.1:9/")
     async with client(mw, **bearer()) as c:
         r = await c.get("/_consent/admin/dashboard")
-        assert r.status_code == 503 and "unavailable" in r.json()["error"]
+        assert r.status_code == 503 and "unavailable" in r.json()["error"] and "s3cret-pass" not in r.text
 
 
 async def test_kpis_and_changes_are_exact(make_app: Any, ch: Any, database: str) -> None:
