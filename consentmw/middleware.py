@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from consentmw.web.api import ConsentAPI
 from consentmw.collect.hit import Hit, campaign_params
 from consentmw.core.consent import ConsentCodec, ConsentState, CookiePick, pick_cookie
+from consentmw.web.http import route_path
 from consentmw.pipeline import Collector
 from consentmw.core.policy import Policy, PolicyError
 from consentmw.core.settings import Settings, SettingsError
@@ -112,7 +113,10 @@ class ConsentMiddleware:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        if kind == "http" and (path.startswith(self._prefix_slash) or path == self._prefix):
+        # Below a mount point (uvicorn --root-path, a Starlette Mount) `path` starts with
+        # `root_path`: the consent endpoints and the path filters see what follows it.
+        route = route_path(scope) if scope.get("root_path") else path
+        if kind == "http" and (route.startswith(self._prefix_slash) or route == self._prefix):
             self.collector.ensure_started()
             await self.api(scope, receive, send)
             return
@@ -157,7 +161,7 @@ class ConsentMiddleware:
 
         if (not state.collecting or not self._collect or kind != "http"
                 or scope["method"] not in _CAPTURE_METHODS
-                or not (self._wants_cache.get(path) or self._wanted(path))):
+                or not (self._wants_cache.get(route) or self._wanted(route))):
             await self.app(scope, receive, send)
             return
 

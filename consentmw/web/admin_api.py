@@ -47,14 +47,15 @@ class _Unauthorized(HTTPProblem):
 
 def register(api: "ConsentAPI") -> None:
     from consentmw.rights.service import RightsError, valid_id
-    from consentmw.web.http import json_response
+    from consentmw.web.http import json_response, route_path
 
     prefix = api.prefix + BASE + "/"
 
     def visitor_id(request: "Request") -> str:
         value = request.query_params.get("id")
-        if value is None and request.url.path.startswith(prefix):
-            value = request.url.path[len(prefix):]
+        path = route_path(request.scope)
+        if value is None and path.startswith(prefix):
+            value = path[len(prefix):]
         if not value:
             raise HTTPProblem(400, "give the visitor: /admin/visitors/{id} or ?id=")
         if not valid_id(value):

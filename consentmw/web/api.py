@@ -21,7 +21,7 @@ from consentmw.core.consent import (COOKIE_NAME, HOST_COOKIE_NAME, ConsentCodec,
                                     new_id, pick_cookie)
 from consentmw.core import text
 from consentmw.web.http import (HTTPProblem, check_same_origin, header, header_bytes, origin_of, parse_json,
-                                read_body)
+                                read_body, route_path)
 from consentmw.core.ledger import ACTION_CHANGE, ACTION_GRANT, ACTION_WITHDRAW, ConsentRecord
 from consentmw.core.policy import LANGUAGES, Policy
 from consentmw.core.settings import Settings
@@ -76,7 +76,7 @@ class ConsentAPI:
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope["path"]
+        path = route_path(scope)
         handler = self.routes.get((scope["method"], path)) or self._match_prefix(scope["method"], path)
         if handler is None:
             allowed = sorted(m for m, p in self.routes if p == path)

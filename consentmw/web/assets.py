@@ -31,6 +31,7 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 CONFIG_TOKEN = "CONSENTMW_CONFIG"
 REVALIDATE = "public, max-age=3600, must-revalidate"
 IMMUTABLE = "public, max-age=31536000, immutable"
+_MAX_MOUNT_POINTS = 16
 _TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
 
 
@@ -144,15 +145,35 @@ def build_assets(policy: Policy, prefix: str = "/_consent", floating_button: boo
 
 
 def register(api: "ConsentAPI") -> dict[str, Asset]:
-    """Serve GET (and HEAD) `<prefix>/banner.js`, `/banner.css` and `/beacon.js` from `api`."""
-    assets = build_assets(api.policy, api.settings.prefix, api.settings.floating_button, api.codec.key_ids,
-                          api.settings.cookie_domain is None and api.settings.cookie_secure is not False)
+    """Serve GET (and HEAD) `<prefix>/banner.js`, `/banner.css` and `/beacon.js` from `api`.
+
+    The banner calls `<root_path><prefix>/...`: an app mounted below a path (uvicorn
+    `--root-path`, a Starlette `Mount`) gets a banner.js whose config carries that path.
+    Each mount point's copy is built once (mount points come from the server and router
+    configuration, not from clients; the cache is bounded all the same).
+    """
+    settings = api.settings
+    host_cookie = settings.cookie_domain is None and settings.cookie_secure is not False
+
+    def build(prefix: str) -> dict[str, Asset]:
+        return build_assets(api.policy, prefix, settings.floating_button, api.codec.key_ids, host_cookie)
+
+    assets = build(settings.prefix)
+    mounted: dict[str, dict[str, Asset]] = {"": assets}
+
+    def assets_for(root: str) -> dict[str, Asset]:
+        found = mounted.get(root)
+        if found is None:
+            if len(mounted) >= _MAX_MOUNT_POINTS:
+                mounted.clear()
+                mounted[""] = assets
+            found = mounted[root] = build(root + settings.prefix)
+        return found
 
     def handler(name: str, versioned: bool):
-        asset = assets[name]
-
         async def serve(request: Request) -> Response:
-            return asset.response(request, versioned)
+            root = request.scope.get("root_path") or ""
+            return (assets_for(root) if root else assets)[name].response(request, versioned)
 
         serve.__name__ = "serve_" + name.replace(".", "_")
         return serve

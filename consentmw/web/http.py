@@ -25,6 +25,20 @@ class HTTPProblem(Exception):
                             headers={"Cache-Control": "no-store"})
 
 
+def route_path(scope: Scope) -> str:
+    """The request path below the app's mount point.
+
+    ASGI servers and routers put the mount point in `root_path` *and* at the front of
+    `path` (uvicorn `--root-path`, a Starlette `Mount`); the consent endpoints are routed
+    on what follows it, as Starlette's own routing does.
+    """
+    path: str = scope["path"]
+    root: str = scope.get("root_path") or ""
+    if root and path.startswith(root) and path[len(root):len(root) + 1] in ("", "/"):
+        return path[len(root):]
+    return path
+
+
 def header(scope: Scope, name: bytes) -> str | None:
     """The first value of a header, decoded as latin-1 (as HTTP header bytes are)."""
     for key, value in scope["headers"]:
