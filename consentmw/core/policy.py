@@ -17,6 +17,7 @@ from datetime import date
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 LANGUAGES: tuple[str, ...] = ("en", "ru", "kk")
 
@@ -206,6 +207,23 @@ def _merge_texts(base: Mapping[str, Mapping[str, str]], over: Mapping[str, Mappi
     return merged
 
 
+def _privacy_url(value: str) -> str:
+    """The banner links to it: only a site path or an http(s) URL (never javascript: or data:)."""
+    if not value:
+        return value
+    if value.startswith("/") and not value.startswith("//"):
+        ok = not any(c.isspace() or ord(c) < 32 for c in value)
+    else:
+        try:
+            parts = urlsplit(value)
+            ok = parts.scheme in ("http", "https") and bool(parts.hostname) and value == value.strip()
+        except ValueError:
+            ok = False
+    if not ok or len(value) > 2048:
+        raise PolicyError(f"privacy_url: {value[:80]!r} must be an http(s) URL or a path starting with '/'")
+    return value
+
+
 def _typed(obj: Mapping[str, Any], key: str, kind: type, where: str, default: Any) -> Any:
     value = obj.get(key, default)
     if kind is int and isinstance(value, bool):
@@ -293,7 +311,7 @@ def _parse_policy(data: Mapping[str, Any], base: Policy | None) -> Policy:
     for c in cat_texts:
         if c not in CATEGORIES:
             raise PolicyError(f"categories.{c}: unknown category")
-    privacy_url = _typed(data, "privacy_url", str, "", base.privacy_url if base else "")
+    privacy_url = _privacy_url(_typed(data, "privacy_url", str, "", base.privacy_url if base else ""))
     policy = Policy(
         version=version,
         updated=updated,

@@ -12,9 +12,11 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from consentmw.core.identifiers import is_identifier
 from consentmw.core.policy import Policy
 
 DEFAULT_DSN = "chdb://./consentmw-data"
+ADMIN_TOKEN_MIN = 16
 
 
 class SettingsError(ValueError):
@@ -113,6 +115,14 @@ class Settings:
         values["forwarded_header"] = forwarded_header
         if values.get("cluster") and str(values.get("clickhouse_dsn", DEFAULT_DSN)).startswith("chdb://"):
             raise SettingsError("cluster needs a ClickHouse server DSN (http://host:8123), not embedded chDB")
+        for name in ("database", "cluster"):
+            if values.get(name) is not None and not is_identifier(values[name]):
+                raise SettingsError(f"{name} {str(values[name])[:80]!r} must be a plain ClickHouse identifier "
+                                    "(letters, digits and '_', not starting with a digit)")
+        token = values.get("admin_token")
+        if token is not None and (not isinstance(token, str) or len(token.strip()) < ADMIN_TOKEN_MIN):
+            raise SettingsError(f"admin_token must be at least {ADMIN_TOKEN_MIN} characters "
+                                "(it guards /health, /metrics and the admin API): use a long random string")
         prefix = values.get("prefix", "/_consent")
         if not prefix.startswith("/") or prefix.endswith("/") or len(prefix) < 2:
             raise SettingsError("prefix must start with '/' and not end with one, e.g. '/_consent'")

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from consentmw.collect.enrich import proof_key, proof_token
+from consentmw.core.fields import table_for
+from consentmw.core.identifiers import check_identifier
 from consentmw.store.sink import ClickHouseSink
 
 
@@ -34,9 +36,11 @@ class Proof:
 
 def prove(sink: ClickHouseSink, secrets: Sequence[str], table: str, event_id: str) -> Proof:
     """Find the consent behind one row of `events_<purpose>`; raises LookupError if no such row."""
-    if not table.startswith("events_"):
-        raise ValueError("table must be one of the events_<purpose> tables")
-    purpose = table[len("events_"):]
+    tables = {table_for(p.id): p.id for p in sink.schema.policy.collecting}
+    check_identifier(table, "table")
+    if table not in tables:
+        raise ValueError(f"table {table!r} is not one of the policy's event tables ({', '.join(sorted(tables))})")
+    purpose = tables[table]
     db = sink.database
     found = sink.query(f"SELECT consent_id, toUnixTimestamp64Milli(ts), policy_version "
                        f"FROM {db}.{table} WHERE event_id = toUUIDOrZero(%(e)s) LIMIT 1", parameters={"e": event_id})

@@ -6,18 +6,12 @@ import the other.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
+from consentmw.core.identifiers import check_identifier
 from consentmw.core.policy import Policy
 
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-
-
-def check_identifier(name: str, what: str) -> str:
-    if not _IDENT.fullmatch(name):
-        raise ValueError(f"{what} {name!r} is not a valid ClickHouse identifier")
-    return name
+__all__ = ["Layout", "check_identifier"]
 
 
 @dataclass(frozen=True)
