@@ -49,7 +49,7 @@ def hooks_source() -> str:
 class VisitOptions:
     page_timeout: float = 20.0      # seconds for a page load
     banner_timeout: float = 5.0     # seconds for the banner to appear once its script ran
-    quiet: float = 0.4              # network silence that counts as settled
+    quiet: float = 0.3              # network silence that counts as settled
     settle_max: float = 4.0         # ... waited for at most this long
     ignore_https_errors: bool = False
     accept_labels: tuple[str, ...] = ("Accept all",)
@@ -269,7 +269,8 @@ class Visit:
         if "html" not in ctype.lower():
             self.obs.is_page = False
             return
-        await rec.settle(opt.quiet, opt.settle_max)
+        if self.mode == "none":   # the others judge only what follows the click: no need to wait here
+            await rec.settle(opt.quiet, opt.settle_max)
         banner = self.obs.banner
         banner.consentmw = bool(await page.evaluate("() => !!(window.consentmw && window.consentmw._p !== undefined)"))
         if banner.consentmw:

@@ -208,3 +208,29 @@ def test_demo_site_scans_clean(demo_server: str, tmp_path: Path) -> None:
         assert not any(g["ran"] for m in ("none", "reject") for g in obs[m]["gated"])
         assert {g["purposes"][0] for g in obs["accept"]["gated"] if g["ran"]} == {"marketing", "statistics"}
     assert "clean: 0 violation(s), 0 warning(s)" in res.stdout
+
+
+@pytest.mark.browser
+def test_progress_bar_on_a_terminal(test_site: ScanSite) -> None:
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        res = subprocess.run([sys.executable, "-m", "consentmw", "scan", test_site.url + "/compliant", "--max-pages", "1"],
+                             stdout=subprocess.PIPE, stderr=slave, text=True, timeout=240, cwd=ROOT)
+    finally:
+        os.close(slave)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(master)
+    assert res.returncode == 0
+    text = drawn.decode()
+    assert "scan [" in text and "100.0% 3/3 page visits" in text, text
+    assert "scan [" not in res.stdout     # the bar goes to the terminal, the summary to stdout
