@@ -279,6 +279,8 @@ class Visit:
                 banner.shown = True
             except Exception:  # noqa: BLE001 - a timeout: the banner never came
                 banner.detail = f"the banner script ran but no banner appeared within {opt.banner_timeout:g} s"
+                if self.mode != "none":   # it did in the first visit: nothing to click this time
+                    banner.working = False
         jar_before: set[tuple[str, str]] = set()
         if self.mode != "none" and banner.shown:
             jar_before = {(c["name"], c["domain"].lstrip(".")) for c in await context.cookies()}

@@ -234,3 +234,14 @@ def test_progress_bar_on_a_terminal(test_site: ScanSite) -> None:
     text = drawn.decode()
     assert "scan [" in text and "100.0% 3/3 page visits" in text, text
     assert "scan [" not in res.stdout     # the bar goes to the terminal, the summary to stdout
+
+
+@pytest.mark.browser
+def test_scans_localhost_by_name(test_site: ScanSite, tmp_path: Path) -> None:
+    out = tmp_path / "s.json"
+    port = test_site.url.rsplit(":", 1)[1]
+    res = cli("scan", f"http://localhost:{port}/compliant", "--max-pages", "1", "--fail-on", "violation",
+              "--json", str(out))
+    assert res.returncode == 0, res.stdout + res.stderr
+    reject = json.loads(out.read_text())["pages"][0]["observations"]["reject"]
+    assert [(c["name"], c["domain"], c["party"]) for c in reject["cookies"]] == [("consentmw", "localhost", "first")]
