@@ -29,7 +29,10 @@ demo: venv
 test: venv browser
 	$(PY) -m pytest -q
 
+# The HTTP benchmarks measure uvicorn's production stack (uvloop + httptools, what
+# `uvicorn[standard]` installs), with asyncio + h11 as a second row.
 bench: venv
+	$(PY) -m pip install -q -e '.[bench]'
 	@command -v wrk >/dev/null 2>&1 || { \
 	  echo "installing Debian's wrk for the HTTP benchmarks"; \
 	  $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk; }

@@ -25,8 +25,9 @@ end
 function done(summary, latency, requests)
   local o, x = 0, 0
   for _, t in ipairs(threads) do o = o + t:get("ok"); x = x + t:get("other") end
-  io.write(string.format("LUA ok=%d other=%d requests=%d duration_us=%d p50_us=%d p99_us=%d errors=%d\n",
-    o, x, summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+  io.write(string.format("LUA ok=%d other=%d requests=%d duration_us=%d p50_us=%d p90_us=%d p99_us=%d p999_us=%d max_us=%d errors=%d\n",
+    o, x, summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency:percentile(99.9), latency.max,
     summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
 end
 """
@@ -42,7 +43,7 @@ def wrk_available() -> bool:
 
 def load(url: str, *, duration: float, connections: int, headers: dict[str, str],
          method: str = "GET", body: bytes = b"", use_wrk: bool | None = None) -> dict[str, Any]:
-    """Run one bounded load; returns rps, p50_ms, p99_ms, ok (2xx), other, requests, tool."""
+    """Run one bounded load; returns rps, p50/p90/p99/p999/max_ms, ok (2xx), other, requests, tool."""
     if use_wrk is None:
         use_wrk = wrk_available()
     if use_wrk:
@@ -64,13 +65,14 @@ def _wrk(url: str, duration: float, connections: int, headers: dict[str, str], m
         cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
                "-s", str(lua), url]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
-    m = re.search(r"LUA ok=(\d+) other=(\d+) requests=(\d+) duration_us=(\d+) p50_us=(\d+) p99_us=(\d+) errors=(\d+)",
-                  res.stdout)
+    m = re.search(r"LUA ok=(\d+) other=(\d+) requests=(\d+) duration_us=(\d+) p50_us=(\d+) p90_us=(\d+) "
+                  r"p99_us=(\d+) p999_us=(\d+) max_us=(\d+) errors=(\d+)", res.stdout)
     if res.returncode != 0 or not m:
         raise RuntimeError(f"wrk failed ({res.returncode}): {res.stdout[-1500:]} {res.stderr[-1500:]}")
-    ok, other, requests, dur_us, p50, p99, errors = map(int, m.groups())
+    ok, other, requests, dur_us, p50, p90, p99, p999, top, errors = map(int, m.groups())
     return {"tool": "wrk", "ok": ok, "other": other, "requests": requests, "errors": errors,
-            "rps": requests / (dur_us / 1e6), "p50_ms": p50 / 1000, "p99_ms": p99 / 1000}
+            "rps": requests / (dur_us / 1e6), "p50_ms": p50 / 1000, "p90_ms": p90 / 1000,
+            "p99_ms": p99 / 1000, "p999_ms": p999 / 1000, "max_ms": top / 1000}
 
 
 async def _py_load(url: str, duration: float, connections: int, headers: dict[str, str], method: str,
@@ -139,4 +141,5 @@ async def _py_load(url: str, duration: float, connections: int, headers: dict[st
 
     requests = counts["ok"] + counts["other"]
     return {"tool": "python-asyncio", "ok": counts["ok"], "other": counts["other"], "requests": requests,
-            "errors": counts["errors"], "rps": requests / elapsed, "p50_ms": pct(50), "p99_ms": pct(99)}
+            "errors": counts["errors"], "rps": requests / elapsed, "p50_ms": pct(50), "p90_ms": pct(90),
+            "p99_ms": pct(99), "p999_ms": pct(99.9), "max_ms": latencies[-1] * 1000 if latencies else float("nan")}

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import BROWSER_UA, Table, consent_cookie, count_rows, emit, median, parser, ratio, stop_server  # noqa: E402
 from benchmarks._load import load, wrk_available  # noqa: E402
-from benchmarks.bench_http import TABLES, serve  # noqa: E402
+from benchmarks.bench_http import STACKS, TABLES, serve, stack_available  # noqa: E402
 
 BATCH = [
     {"type": "pageview", "path": "/articles/1", "referrer": "https://duckduckgo.com/"},
@@ -77,7 +77,8 @@ def main() -> int:
 
     n = len(BATCH)
     tool = results["consent"][0]["tool"]
-    speed = Table(f"Beacon ingest: POST /_consent/collect, {n} events per batch, uvicorn 1 worker, {tool}, "
+    stack = STACKS["standard" if stack_available() else "plain"]
+    speed = Table(f"Beacon ingest: POST /_consent/collect, {n} events per batch, uvicorn 1 worker ({stack}), {tool}, "
                   f"{connections} connections, {duration:g} s x {repeats} (medians)",
                   ["endpoint", "batches/s", "events/s", "p50 ms", "p99 ms", "ratio to baseline"])
     base = median(x["rps"] for x in results["beacon-bare"])

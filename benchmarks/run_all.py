@@ -13,6 +13,7 @@ Each script runs in its own process (chDB allows one data directory per process)
 from __future__ import annotations
 
 import argparse
+import re
 import datetime as dt
 import subprocess
 import sys
@@ -24,6 +25,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._common import BENCH_DIR, ROOT, machine  # noqa: E402
 
 ORDER = ["middleware", "http", "beacon", "writer", "banner_size", "overload"]
+#: a note line of a benchmark that states a goal and its verdict
+GOAL_LINE = re.compile(r"^\s*(?:[-*]\s+)?(goal\b.*\b(?:met|MISSED)\b.*)$", re.IGNORECASE)
+
+
+def server_stack() -> str:
+    """Which uvicorn stack the HTTP benchmarks get: the production one needs uvloop + httptools."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("uvicorn", "uvloop", "httptools"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = ""
+    if found["uvloop"] and found["httptools"]:
+        return (f"HTTP stack: uvicorn {found['uvicorn']} with uvloop {found['uvloop']} + httptools "
+                f"{found['httptools']} (uvicorn[standard]); asyncio + h11 measured as a second row")
+    return f"HTTP stack: uvicorn {found['uvicorn'] or '?'} with asyncio + h11 only (install uvicorn[standard])"
+
+
+def goals(outputs: list[tuple[str, str]]) -> list[str]:
+    """Every goal verdict the scripts printed, prefixed by the script's name."""
+    found = []
+    for name, out in outputs:
+        for line in out.splitlines():
+            m = GOAL_LINE.match(line)
+            if m:
+                found.append(f"{name}: {m.group(1).strip()}")
+    return found
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
@@ -67,8 +97,10 @@ def main() -> int:
     only = [x.strip() for x in args.only.split(",") if x.strip()] or None
     started = dt.datetime.now(dt.timezone.utc)
     info = machine()
-    print(f"# consentmw benchmarks, {started:%Y-%m-%d %H:%M} UTC, {info}\n", flush=True)
+    stack = server_stack()
+    print(f"# consentmw benchmarks, {started:%Y-%m-%d %H:%M} UTC, {info}\n{stack}\n", flush=True)
     sections = []
+    outputs: list[tuple[str, str]] = []
     failed = []
     for script in scripts(only):
         print(f"## {script.name}", flush=True)
@@ -78,15 +110,25 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             code, out, took = -1, f"(timed out after {args.timeout:.0f} s)", args.timeout
         print(out + f"\n({took:.0f} s)\n", flush=True)
+        outputs.append((script.stem, out))
         if code != 0:
             failed.append(script.name)
         sections.append(f"## {script.stem}\n\n{out}\n")
+
+    verdicts = goals(outputs)
+    if verdicts:
+        print("## Goals (each against its baseline measured in the same run)")
+        for v in verdicts:
+            print("- " + v)
+        print(flush=True)
+        sections.append("## Goals\n\n" + "\n".join("- " + v for v in verdicts) + "\n")
 
     if args.markdown:
         cmd = "python benchmarks/run_all.py --markdown" + (" --quick" if args.quick else "")
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
         head = (f"Run: {started:%Y-%m-%d %H:%M} UTC  \n"
                 f"Machine: {info}  \n"
+                f"{stack}  \n"
                 f"Commit: {commit.stdout.strip() or '?'}  \n"
                 f"Command: `{cmd}` (or `make bench` for the terminal tables)\n")
         body = f"{START}\n{head}\n" + "\n".join(sections) + f"\n{END}"
