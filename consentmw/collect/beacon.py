@@ -80,15 +80,7 @@ def _event(event: Any, i: int) -> dict[str, Any]:
             out[name] = _number(event[name], f"{where}.{name}", MAX_CLS if name == "cls" else MAX_MS,
                                 integer=name != "cls")
     elif kind == "click":
-        url = _text(event.get("url"), f"{where}.url", MAX_URL)
-        try:
-            parts = urlsplit(url)
-        except ValueError:
-            raise BeaconError(f"{where}.url: not a URL") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise BeaconError(f"{where}.url: expected an http(s) URL")
-        out["link_host"] = clean(parts.hostname.lower()[:255])
-        out["link_path"] = clean(parts.path[:MAX_PATH]) or "/"
+        out.update(click_target(_text(event.get("url"), f"{where}.url", MAX_URL), f"{where}.url"))
     else:
         event_name = event.get("name")
         if not isinstance(event_name, str) or not _NAME.fullmatch(event_name):
@@ -96,6 +88,17 @@ def _event(event: Any, i: int) -> dict[str, Any]:
         out["name"] = event_name
         out["props"] = _props(event.get("props", {}), f"{where}.props")
     return out
+
+
+def click_target(url: str, where: str) -> dict[str, str]:
+    """The stored part of an outbound link: host and path of an http(s) URL (no query)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise BeaconError(f"{where}: not a URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BeaconError(f"{where}: expected an http(s) URL")
+    return {"link_host": clean(parts.hostname.lower()[:255]), "link_path": clean(parts.path[:MAX_PATH]) or "/"}
 
 
 def _path(value: Any, where: str) -> str:
