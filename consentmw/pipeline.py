@@ -88,6 +88,7 @@ class Collector:
                              batch_size=settings.batch_size, max_batch_size=settings.max_batch_size,
                              flush_interval=settings.flush_interval,
                              queue_size=settings.queue_size)
+        self.minimiser.pause = self.writer.pacer.pace
         #: True while the writer threads run (read on every request; `start` sets it under a lock)
         self.started = False
         #: called with each page-view hit of a visitor who has a visitor id, as it is queued

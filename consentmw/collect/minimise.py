@@ -37,6 +37,10 @@ LEDGER_COLUMNS = tuple(c.name for c in _LEDGER)
 Tables = dict[str, pa.Table]
 
 
+def _no_pause() -> None:
+    """The default yield point: work that nobody waits on never pauses."""
+
+
 @dataclass
 class Plan:
     purpose: Purpose
@@ -77,6 +81,9 @@ class Minimiser:
         self.counts = Counts()
         #: Set by `consentmw.rights`: True for a consent id whose visitor blocked processing.
         self.blocked: Callable[[str], bool] | None = None
+        #: Called between steps of a batch (each column of each table); the writer sets it to
+        #: its GIL pacer so the event loop is never kept waiting for a whole batch.
+        self.pause: Callable[[], None] = _no_pause
 
     def process(self, items: Iterable[Hit | ConsentRecord]) -> Tables:
         """Minimise and enrich a batch into one Arrow table per ClickHouse table (empty ones omitted)."""
@@ -111,13 +118,16 @@ class Minimiser:
         return found
 
     def _hits(self, hits: list[Hit]) -> Tables:
+        pause = self.pause
         batch = HitColumns(hits)
         routes = _Routes()
         route = np.fromiter(map(routes.__getitem__, zip(batch.objects("purposes"), batch.objects("event_type"))),
                             dtype=np.int64, count=batch.size)
         plans_of = [self._plans(*key) for key in routes]  # by route number (dicts keep insertion order)
         stored = np.array([bool(p) for p in plans_of])[route]
+        pause()
         stored &= ~self._blocked(batch, stored)
+        pause()
         stored &= ~self._bots(batch, stored)
         tables: Tables = {}
         for plan in {plan.table: plan for plans in plans_of for plan in plans}.values():
@@ -125,7 +135,11 @@ class Minimiser:
             rows = np.flatnonzero(takes)
             if len(rows):
                 columns = TableColumns(Selection(batch, rows), plan.purpose, self.enricher)
-                tables[plan.table] = pa.Table.from_arrays([columns.column(n) for n in plan.names], schema=plan.schema)
+                arrays = []
+                for name in plan.names:
+                    pause()
+                    arrays.append(columns.column(name))
+                tables[plan.table] = pa.Table.from_arrays(arrays, schema=plan.schema)
                 self.counts.rows += len(rows)
         return tables
 

@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from consentmw.core.redact import exception_text, redact
+from consentmw.store.pacing import Pacer
 from consentmw.store.sink import ClickHouseSink, SinkError, StoreConfigError
 from consentmw.store.spool import Record, Spool, SpoolFull, encode_record
 
@@ -206,6 +207,9 @@ class Writer:
         # Flush early when the queue is half full, so a burst the store keeps up with
         # is inserted rather than spilled.
         self._early = max(1, min(batch_size, queue_size // 2))
+        #: the writer's threads give the GIL back to the event loop between short slices of work
+        #: while requests keep arriving (see `pacing`); `process` should call it between steps
+        self.pacer = Pacer(lambda: stats.accepted, lambda: len(self.queue) / self.queue_size)
 
     # -- producer side (event loop) --------------------------------------------
     def put(self, item: Any) -> bool:
@@ -278,6 +282,7 @@ class Writer:
 
     # -- threads -----------------------------------------------------------------
     def _run(self, stop: threading.Event) -> None:
+        self.pacer.enter()
         last = time.monotonic()
         while not stop.is_set():
             self._wake.wait(min(0.05, self.flush_interval))
@@ -286,11 +291,13 @@ class Writer:
             if len(self.queue) >= self._early or (self.queue and now - last >= self.flush_interval):
                 self.flush()
                 last = time.monotonic()
-        # Final drain within the stop deadline; stop() spools whatever is left after it.
+        # Final drain within the stop deadline (unpaced); stop() spools whatever is left after it.
+        self.pacer.leave()
         while self.queue and time.monotonic() < self._deadline:
             self.flush()
 
     def _spill_loop(self, stop: threading.Event) -> None:
+        self.pacer.enter()
         while True:
             if not self.overflow:
                 if stop.is_set():
@@ -379,6 +386,7 @@ class Writer:
         """Insert one processed batch (one table at a time), or spool it."""
         batch_id = uuid.uuid4().hex
         for table, data in rows.items():
+            self.pacer()
             token = f"{batch_id}:{table}"
             if to_sink and self.healthy:
                 self._insert(table, data, token)
