@@ -54,6 +54,7 @@ UA = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
       "(KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36")
 PAGE = "<!doctype html><html><head><title>Hello</title></head><body><h1>Hello, world</h1></body></html>"
 
+GOAL = 1.3
 ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 
 
@@ -94,6 +95,7 @@ class Variant:
         self.scope = base_scope(cookie)
         self.note = note
         self.times: list[float] = []
+        self.wall: list[float] = []
         self.with_drain: list[float] = []
         self.consent: ConsentMiddleware | None = None
         self.max_queue = 0
@@ -114,7 +116,12 @@ async def check(v: Variant) -> None:
     assert PAGE.encode() in b"".join(m.get("body", b"") for m in sent[1:]), v.name
 
 
-async def timed(v: Variant, n: int) -> float:
+async def timed(v: Variant, n: int) -> tuple[float, float]:
+    """Wall time and the event-loop thread's own CPU time for n requests.
+
+    The CPU time is what the request path costs: unlike the wall time it does not grow
+    while other processes on a shared machine (or our own writer thread) hold the CPU.
+    """
     app, scope = v.app, v.scope
 
     async def receive() -> dict:
@@ -123,11 +130,11 @@ async def timed(v: Variant, n: int) -> float:
     async def send(message: dict) -> None:
         return None
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.thread_time()
     for _ in range(n):
         # What a server does per request: a fresh scope with a shallow copy of lifespan state.
         await app({**scope, "state": {}}, receive, send)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.thread_time() - cpu
 
 
 def build(tmp: Path) -> tuple[list[Variant], list[ConsentMiddleware], str]:
@@ -180,8 +187,9 @@ async def main_async(args: argparse.Namespace) -> int:
             order = variants if r % 2 == 0 else list(reversed(variants))
             for v in order:
                 gc.collect()
-                elapsed = await timed(v, args.requests)
-                v.times.append(elapsed / args.requests * 1e6)
+                elapsed, cpu = await timed(v, args.requests)
+                v.times.append(cpu / args.requests * 1e6)
+                v.wall.append(elapsed / args.requests * 1e6)
                 if v.consent is not None:
                     writer = v.consent.collector.writer
                     v.max_queue = max(v.max_queue, len(writer.queue) + len(writer.overflow))
@@ -203,30 +211,30 @@ async def main_async(args: argparse.Namespace) -> int:
 
     bare_times = variants[0].times
 
-    def ratio(times: list[float]) -> float:
+    def ratio(times: list[float], base: list[float] = bare_times) -> float:
         """Median of per-repeat ratios: each repeat compares variants run moments apart,
         so a machine shared with other work skews the ratio far less than the µs."""
-        return statistics.median(t / b for t, b in zip(times, bare_times))
+        return statistics.median(t / b for t, b in zip(times, base))
 
-    rows: list[tuple[str, float, float]] = []
+    rows: list[tuple[str, float, float, float]] = []
     for v in variants:
-        rows.append((v.name, statistics.median(v.times), ratio(v.times)))
+        rows.append((v.name, statistics.median(v.times), ratio(v.times), ratio(v.wall, variants[0].wall)))
         if v.with_drain:
-            rows.append(("    … incl. writer (drained each repeat)", statistics.median(v.with_drain),
-                         ratio(v.with_drain)))
+            rows.append(("    … incl. writer (drained each repeat, wall)", statistics.median(v.with_drain),
+                         ratio(v.with_drain, variants[0].wall), ratio(v.with_drain, variants[0].wall)))
 
     print(f"\n=== ConsentMiddleware request cost: in-process ASGI, {args.requests} requests x {args.repeats} repeats (interleaved), "
           f"Python {sys.version.split()[0]}")
     width = max(len(r[0]) for r in rows)
-    print(f"{'variant':<{width}}  {'µs/request':>10}  {'x bare':>7}   (min..max µs of repeats)")
+    print(f"{'variant':<{width}}  {'CPU µs/request':>14}  {'x bare':>7}  {'wall x bare':>11}   (min..max µs of repeats)")
     it = iter(variants)
-    for name, med, x_bare in rows:
+    for name, med, x_bare, x_wall in rows:
         if not name.startswith("    "):
             v = next(it)
             spread = f"({min(v.times):.1f}..{max(v.times):.1f})"
         else:
             spread = f"({min(v.with_drain):.1f}..{max(v.with_drain):.1f})"
-        print(f"{name:<{width}}  {med:>10.1f}  {x_bare:>6.2f}x   {spread}")
+        print(f"{name:<{width}}  {med:>14.1f}  {x_bare:>6.2f}x  {x_wall:>10.2f}x   {spread}")
     if analytics_note:
         print(analytics_note)
 
@@ -235,18 +243,19 @@ async def main_async(args: argparse.Namespace) -> int:
 
     session = ratio_of("+ SessionMiddleware")
     consent = ratio_of("+ ConsentMiddleware, consent cookie, collecting")
-    full_row = ratio(next(v for v in variants if v.consent is not None).with_drain)
+    full_row = ratio(next(v for v in variants if v.consent is not None).with_drain, variants[0].wall)
+    consent_wall = ratio(next(v for v in variants if v.consent is not None).wall, variants[0].wall)
     print()
     print(f"collector: accepted {stats.accepted}, stored {stats.stored} rows "
           f"({stored_rows} in events_statistics), spooled {stats.spooled}, dropped {stats.dropped}; "
           f"max queue depth at the end of a timed loop {next(v for v in variants if v.consent).max_queue}; "
           f"final drain {drain_ms:.0f} ms")
     goal1 = consent < session
-    goal2 = consent <= 1.5
+    goal2 = consent <= GOAL
     print(f"goal: ConsentMiddleware(consent) < SessionMiddleware: {consent:.2f}x vs {session:.2f}x bare -> "
           f"{'met' if goal1 else 'MISSED'}")
-    print(f"goal: full collection <= 1.5x bare (request path): {consent:.2f}x -> "
-          f"{'met' if goal2 else 'MISSED'}; including the writer's work: {full_row:.2f}x")
+    print(f"goal: full collection <= {GOAL}x bare (request path, CPU time): {consent:.2f}x -> "
+          f"{'met' if goal2 else 'MISSED'}; wall time {consent_wall:.2f}x; including the writer's work: {full_row:.2f}x")
     return 0 if goal1 else 1
 
 

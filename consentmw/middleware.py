@@ -21,8 +21,8 @@ from typing import Any, Awaitable, Sequence
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from consentmw.web.api import ConsentAPI
-from consentmw.collect.hit import Hit, campaign_params
-from consentmw.core.consent import ConsentCodec, ConsentState, CookiePick, pick_cookie
+from consentmw.collect.hit import Hit, campaign_params, new_hit
+from consentmw.core.consent import ConsentCodec, ConsentState, pick_cookie
 from consentmw.web.http import route_path
 from consentmw.pipeline import Collector
 from consentmw.core.policy import Policy, PolicyError
@@ -35,7 +35,6 @@ _NOT_SETTINGS = frozenset({"self", "app", "collector"})
 _CAPTURE_METHODS = frozenset({"GET", "HEAD"})
 _WANTS_CACHE_SIZE = 8192
 _COOKIE_CACHE_SIZE = 4096
-_MISSING: Any = object()
 #: request headers the middleware reads, and where each goes in its list of found values
 #: (the forwarding header in slot 5 is the one `forwarded_header` names)
 _HEADER_SLOTS = {b"cookie": 0, b"user-agent": 1, b"accept-language": 2, b"referer": 3, b"host": 4,
@@ -99,7 +98,8 @@ class ConsentMiddleware:
         self._exclude = tuple(self.settings.exclude_paths)
         self._include = tuple(self.settings.include_paths)
         self._exclude_ext = tuple(e.lower() for e in self.settings.exclude_extensions)
-        self._cookie_cache: dict[bytes, CookiePick] = {}
+        #: Cookie header -> (consent state, valid until, profile accessor); see `_decode`
+        self._states: dict[bytes, tuple[ConsentState, float, Any]] = {}
         self._wants_cache: dict[str, bool] = {}
         self._slots = {**_HEADER_SLOTS, self.settings.forwarded_header.encode(): 5}
 
@@ -133,20 +133,19 @@ class ConsentMiddleware:
                     value = found[slot] + (b"; " if slot == 0 else b", ") + value
                 found[slot] = value
         cookie, user_agent, language, referrer, host, forwarded, gpc_header = found
-        # Browsers repeat the same Cookie header request after request: remember the consent
-        # cookie found in it (bounded: 4096 headers of <= 1 KB), so it is not parsed every time.
-        cookies = self._cookie_cache
-        picked = cookies.get(cookie, _MISSING)
-        if picked is _MISSING:
-            picked = pick_cookie(cookie)
-            if len(cookie) <= 1024:
-                if len(cookies) >= _COOKIE_CACHE_SIZE:
-                    cookies.clear()
-                cookies[cookie] = picked
-        # Several different consent cookies (one planted by a sibling domain): nobody's consent.
-        state: ConsentState = self.codec.decode(picked.value, host_name=picked.host) or self.codec.default_state
+        # Browsers repeat the same Cookie header request after request: what it decodes to
+        # (the verified state, until it expires, and its profile accessor) is remembered per
+        # header value (bounded: 4096 headers of <= 1 KB), so a returning visitor costs one
+        # look-up. A consent withdrawn or erased since is decoded afresh (and refused).
+        now = time.time()
+        known = self._states.get(cookie)
+        revoked = self.codec.revoked
+        if known is None or known[1] <= now or (revoked and known[0].id in revoked):
+            known = self._decode(cookie, now)
+        state, _, profile = known
         if gpc_header == b"1":
             state = self.codec.apply_gpc(state)
+            profile = self._profile_for(state)
         scope_state = scope.get("state")
         if scope_state is None:
             scope_state = scope["state"] = {"consent": state}
@@ -154,10 +153,7 @@ class ConsentMiddleware:
             scope_state["consent"] = state
         # `await request.state.consent_profile()`: only visitors with a stable id have a
         # profile; for everyone else it is there all the same and returns None.
-        if state.visitor_id is not None and self._profile_of is not None:
-            scope_state["consent_profile"] = partial(self._profile_of, state)
-        else:
-            scope_state["consent_profile"] = _no_profile
+        scope_state["consent_profile"] = profile
 
         if (not state.collecting or not self._collect or kind != "http"
                 or scope["method"] not in _CAPTURE_METHODS
@@ -165,7 +161,7 @@ class ConsentMiddleware:
             await self.app(scope, receive, send)
             return
 
-        started = time.time()
+        started = now
         collector = self.collector
         status = 0
         is_html = False
@@ -196,11 +192,39 @@ class ConsentMiddleware:
                 client = scope.get("client")
                 query = scope.get("query_string")
                 # Header values stay bytes: the writer decodes each distinct value once.
-                collector.submit(Hit(
+                collector.submit(new_hit(Hit, (
                     started, "pageview", host, path, state.id or "", state.policy_version,
                     state.collecting, state.visitor_id, client[0] if client else "", forwarded,
                     user_agent, language, referrer, campaign_params(query) if query else None,
-                    status, (ended - started) * 1000))
+                    status, (ended - started) * 1000, None)))
+
+    def _decode(self, cookie: bytes, now: float) -> tuple[ConsentState, float, Any]:
+        """The consent state a Cookie header stands for, how long that holds, and the state's
+        profile accessor; remembered for headers of at most 1 KB. A header without a valid
+        consent cookie (none, several different ones, a forged, expired or revoked one) stands
+        for the default state for good (the policy and keys of a running middleware do not
+        change); a valid one until the cookie expires."""
+        picked = pick_cookie(cookie)
+        # Several different consent cookies (one planted by a sibling domain): nobody's consent.
+        state = self.codec.decode(picked.value, now=now, host_name=picked.host)
+        if state is None:
+            known = (self.codec.default_state, float("inf"), _no_profile)
+        else:
+            # A state without an expiry is not remembered (the codec re-verifies it each time).
+            known = (state, state.expires_at if state.expires_at is not None else now, self._profile_for(state))
+        if len(cookie) <= 1024:
+            states = self._states
+            if len(states) >= _COOKIE_CACHE_SIZE:
+                states.clear()
+            states[cookie] = known
+        return known
+
+    def _profile_for(self, state: ConsentState) -> Any:
+        """`consent_profile` for a state: the profile look-up bound to it for visitors with a
+        stable id, else an accessor that returns None."""
+        if state.visitor_id is None or self._profile_of is None:
+            return _no_profile
+        return partial(self._profile_of, state)
 
     def _wanted(self, path: str) -> bool:
         """`_wants`, remembered per path (bounded): sites serve the same paths again and again."""

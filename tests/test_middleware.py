@@ -79,6 +79,19 @@ def test_tampered_cookie_is_no_consent_not_an_error(offline: Factory) -> None:
         assert r.status_code == 200 and "stats=False granted=necessary<" in r.text
 
 
+def test_a_remembered_cookie_header_stops_counting_when_the_cookie_expires(offline: Factory) -> None:
+    """The middleware remembers what a Cookie header decodes to, but only until it expires."""
+    import time
+
+    mw = offline(cookie_max_age=2)
+    value, state = mw.codec.issue(["statistics"])
+    r = req(mw, "GET", "/", cookies={"consentmw": value})
+    assert "stats=True" in r.text
+    time.sleep(max(0.0, (state.expires_at or 0) - time.time()) + 1.1)
+    r = req(mw, "GET", "/", cookies={"consentmw": value})
+    assert "stats=False granted=necessary<" in r.text
+
+
 def test_gpc_header_narrows_state_for_the_app(offline: Factory) -> None:
     mw = offline()
     all_cookie = cookie_for(mw, ["statistics", "personalisation", "marketing"])

@@ -8,8 +8,7 @@ only purposes the visitor granted ever see it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 from consentmw.core.text import clean
@@ -20,9 +19,13 @@ CLICK_ID_PARAMS = frozenset({"gclid", "gbraid", "wbraid", "dclid", "fbclid", "ms
 _KEEP = CAMPAIGN_PARAMS | CLICK_ID_PARAMS
 
 
-@dataclass(slots=True)
-class Hit:
-    """One event as captured: a server-side page view or one beacon event."""
+class Hit(NamedTuple):
+    """One event as captured: a server-side page view or one beacon event.
+
+    A named tuple: the request path builds one per page with `new_hit(Hit, fields)`, a single
+    C call (a dataclass's generated `__init__` is a Python frame setting 17 attributes),
+    and the writer reads each attribute over a batch with C-level getters.
+    """
 
     # Header values may be the raw bytes (the request path does not decode them; the writer
     # reads them as UTF-8, invalid bytes replaced) or text.
@@ -43,6 +46,10 @@ class Hit:
     status: int = 0
     duration_ms: float = 0.0        # server time to answer, in ms (sub-millisecond precision)
     data: dict[str, Any] | None = None      # validated beacon payload
+
+
+#: `new_hit(Hit, (ts, event_type, ..., data))`: a Hit from a tuple of all 17 fields, in order
+new_hit = tuple.__new__
 
 
 def campaign_params(query_string: bytes) -> dict[str, str] | None:
