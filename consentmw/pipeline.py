@@ -106,8 +106,10 @@ class Collector:
     # -- producer API (event loop; must not block) -------------------------------
     def submit(self, hit: Hit) -> bool:
         self.stats.accepted += 1
-        if hit.visitor_id is not None and self.on_visitor_view is not None and hit.event_type == "pageview":
-            self.on_visitor_view(hit)
+        view = self.on_visitor_view
+        # (`type(hit) is Hit`: whatever else is submitted is the writer's to refuse, not ours)
+        if view is not None and type(hit) is Hit and hit.visitor_id is not None and hit.event_type == "pageview":
+            view(hit)
         return self.writer.put(hit)
 
     def record(self, record: ConsentRecord) -> None:
