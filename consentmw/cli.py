@@ -323,7 +323,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from consentmw import __version__
+
     parser = _Parser(prog="consentmw", description="Consent manager and consent-gated analytics for ASGI apps.")
+    parser.add_argument("--version", action="version", version=f"consentmw {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("demo", help="run the demo site on the embedded chDB store")
     p.add_argument("--host", default="127.0.0.1")
@@ -430,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from consentmw.store.sink import SinkError
 
         driver = type(exc).__module__.startswith("clickhouse_connect")  # the store refused or is away
-        if driver or isinstance(exc, (PolicyError, SettingsError, SinkError, ValueError, OSError)):
+        if driver or isinstance(exc, (PolicyError, SettingsError, SinkError, ValueError, OSError, ImportError)):
             text = str(exc).strip() or type(exc).__name__
             print(f"consentmw: {redact(text.splitlines()[0][:300] if driver else text)}", file=sys.stderr)
             return 1

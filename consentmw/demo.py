@@ -234,7 +234,10 @@ def create_app(data_dir: str | None = None, dsn: str | None = None, database: st
 
 
 def main(host: str = "127.0.0.1", port: int = 8000, data_dir: str | None = None) -> None:
-    import uvicorn
+    try:
+        import uvicorn
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError("the demo is served by uvicorn: pip install 'consentmw[demo]'") from None
 
     app = create_app(data_dir)
     print(f"consentmw demo on http://{host}:{port}/ (data in {Path(data_dir or 'consentmw-data').resolve()})")

@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import json
 import re
+from importlib import resources
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +28,8 @@ from consentmw.web.http import accepts_gzip, etag_matches
 if TYPE_CHECKING:  # pragma: no cover
     from consentmw.web.api import ConsentAPI
 
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+#: static/ of a source checkout (the wheel ships it as the package consentmw.static)
+SOURCE_STATIC_DIR = Path(__file__).resolve().parent.parent.parent / "static"
 CONFIG_TOKEN = "CONSENTMW_CONFIG"
 REVALIDATE = "public, max-age=3600, must-revalidate"
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -66,7 +68,16 @@ class Asset:
 
 
 def read_static(name: str) -> bytes:
-    return (STATIC_DIR / name).read_bytes()
+    """One of the banner's files, from the installed package `consentmw.static` (a wheel, or
+    an editable install mapping it to the repository's static/ directory); from the source
+    tree's static/ when consentmw runs uninstalled from a checkout."""
+    try:
+        return resources.files("consentmw.static").joinpath(name).read_bytes()
+    except ModuleNotFoundError:
+        if (SOURCE_STATIC_DIR / name).is_file():
+            return (SOURCE_STATIC_DIR / name).read_bytes()
+        raise RuntimeError(f"consentmw's static file {name} is missing: the package was built without "
+                           "consentmw.static (reinstall consentmw)") from None
 
 
 _WORD = re.compile(r"[\w$]")

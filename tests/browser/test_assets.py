@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 
 from consentmw.web import assets
 from consentmw.web.api import ConsentAPI
-from consentmw.web.assets import STATIC_DIR, sizes, strip_js
+from consentmw.web.assets import SOURCE_STATIC_DIR, sizes, strip_js
 from consentmw.core.consent import ConsentCodec
 from consentmw.core.settings import Settings
 from consentmw.core.policy import Policy
@@ -104,7 +104,7 @@ def test_served_scripts_parse_and_stay_csp_safe(client: Any, tmp_path: Path) -> 
         check = subprocess.run([node, "--check", str(path)], capture_output=True, text=True)
         assert check.returncode == 0, check.stderr
     for name in ("banner.js", "beacon.js"):
-        source = (STATIC_DIR / name).read_text("utf-8")
+        source = (SOURCE_STATIC_DIR / name).read_text("utf-8")
         for banned in ("eval(", "Function(", "innerHTML", "outerHTML", "insertAdjacentHTML", "document.write",
                        ".style", '"style"', "setTimeout(\"", "localStorage", "sessionStorage", "indexedDB"):
             assert banned not in source, (name, banned)
