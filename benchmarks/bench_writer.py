@@ -228,7 +228,7 @@ def main() -> int:
         parts.note(f"the goal needs <= {1e6 / GOAL:.1f} µs/event; the largest stage is '{biggest}' "
                    f"({stage_us[biggest]:.1f} µs/event); the raw insert_arrow of the same rows alone runs at "
                    f"{rate('raw_arrow'):,.0f} events/s")
-    tables_out = [table, parts]
+    tables_out = [table, parts, gil_stretches(collector, version, repeats)]
 
     if args.profile:
         import cProfile
@@ -257,6 +257,43 @@ def main() -> int:
     emit(tables_out, args.markdown)
     collector.sink.close()
     return 0
+
+
+def gil_stretches(collector: Any, version: str, repeats: int) -> Table:
+    """How long the writer computes without offering the GIL back, in CPU time.
+
+    While a thread runs Python code, the event loop waits for the GIL (up to the switch
+    interval per callback under uvloop), so the longest stretch of writer CPU between two
+    yield points bounds how long a request can be held up by it. Unpaced, a batch is one
+    stretch; paced, the minimiser yields between columns. CPU time (not wall time), so a
+    busy machine does not lengthen it.
+    """
+    minimiser = collector.minimiser
+    table = Table("Writer and the event loop: longest stretch of writer CPU between GIL yield points "
+                  f"(min over {max(3, repeats)} runs)",
+                  ["batch", "whole batch ms CPU", "longest stretch ms CPU (paced)", "yield points",
+                   "stretch vs whole batch"])
+    saved = minimiser.pause
+    try:
+        for size in (1_000, 5_000):
+            hits = make_hits(size, version, ALL, cold=False, seed=size)
+            minimiser.process(hits[:100])
+            best: tuple[float, float, int] | None = None
+            for _ in range(max(3, repeats)):
+                marks = [time.thread_time()]
+                minimiser.pause = lambda: marks.append(time.thread_time())
+                minimiser.process(hits)
+                marks.append(time.thread_time())
+                gaps = [b - a for a, b in zip(marks, marks[1:])]
+                run = (max(gaps) * 1e3, (marks[-1] - marks[0]) * 1e3, len(gaps) - 1)
+                best = run if best is None or run[0] < best[0] else best
+            assert best is not None
+            table.add(f"{size:,} hits", best[1], best[0], best[2], ratio(best[0], best[1]))
+    finally:
+        minimiser.pause = saved
+    table.note("unpaced (before), the event loop could wait for a whole batch; paced, for one stretch "
+               "(plus the switch interval); a backlog batch (up to max_batch_size) has proportionally longer ones")
+    return table
 
 
 if __name__ == "__main__":
