@@ -28,6 +28,7 @@ from consentmw.pipeline import Collector
 from consentmw.core.policy import Policy, PolicyError
 from consentmw.core.settings import Settings, SettingsError
 from consentmw.store.dsn import DsnError
+from consentmw.serving import stop_supervisor
 from consentmw.store.sink import StoreLockedError
 
 log = logging.getLogger("consentmw")
@@ -275,14 +276,17 @@ class ConsentMiddleware:
             if refused and message["type"] == "lifespan.startup.failed":
                 message = {"type": "lifespan.startup.failed", "message": refused[0]}
             answered.add(message["type"])
-            await send(message)
+            if refused and message["type"] == "lifespan.startup.failed":
+                await _fail_startup(send, refused[0])
+            else:
+                await send(message)
 
         try:
             await self.app(scope, receive_wrapper, send_wrapper)
         except BaseException:
             if refused:
                 if "lifespan.startup.failed" not in answered:
-                    await send({"type": "lifespan.startup.failed", "message": refused[0]})
+                    await _fail_startup(send, refused[0])
                 return
             if answered:
                 raise
@@ -293,13 +297,21 @@ class ConsentMiddleware:
             if "lifespan.startup" not in seen:
                 await receive_wrapper()
         except _StartupRefused:
-            await send({"type": "lifespan.startup.failed", "message": refused[0]})
+            await _fail_startup(send, refused[0])
             return
         if "lifespan.startup.complete" not in answered:
             await send({"type": "lifespan.startup.complete"})
         if "lifespan.shutdown" not in seen:
             await receive_wrapper()
         await send({"type": "lifespan.shutdown.complete"})
+
+
+async def _fail_startup(send: Send, reason: str) -> None:
+    """Fail the lifespan startup with `reason`, and make sure the whole server stops."""
+    try:
+        await send({"type": "lifespan.startup.failed", "message": reason})
+    finally:
+        stop_supervisor(reason)
 
 
 def _inside_running_app() -> bool:
@@ -323,7 +335,7 @@ class _Misconfigured(ConsentMiddleware):
         if scope["type"] == "lifespan":
             message = await receive()
             if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.failed", "message": self.reason})
+                await _fail_startup(send, self.reason)
             return
         if not self._logged:
             self._logged = True

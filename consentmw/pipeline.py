@@ -22,6 +22,7 @@ import atexit
 import logging
 import signal
 import threading
+import time
 import weakref
 from typing import Any, Callable
 
@@ -31,6 +32,8 @@ from consentmw.collect.minimise import Minimiser
 from consentmw.collect.salt import DailySalts
 from consentmw.core.ledger import ConsentRecord
 from consentmw.core.settings import Settings
+from consentmw.serving import current_server, several_workers_problem
+from consentmw.store.chdb_lock import held_by_a_sibling, locked_elsewhere
 from consentmw.store.dsn import choose_database, parse_dsn
 from consentmw.store.salts import SaltStore
 from consentmw.store.schema import Schema
@@ -39,6 +42,10 @@ from consentmw.store.spool import Spool
 from consentmw.store.writer import Stats, Writer
 
 log = logging.getLogger("consentmw")
+
+#: how long a starting worker waits for the worker it replaces to release the chDB directory
+#: (a graceful reload); below gunicorn's default worker timeout (30 s)
+LOCK_WAIT = 25.0
 
 _LIVE: "weakref.WeakSet[Collector]" = weakref.WeakSet()
 _hook_installed = False
@@ -89,6 +96,9 @@ class Collector:
                              flush_interval=settings.flush_interval,
                              queue_size=settings.queue_size)
         self.minimiser.pause = self.writer.pacer.pace
+        # Fetch the day's salt on the replay thread as soon as the store answers, so the
+        # writer's first batch of a day does not wait for it.
+        self.writer.housekeeping.append(self._warm_salt)
         #: True while the writer threads run (read on every request; `start` sets it under a lock)
         self.started = False
         #: called with each page-view hit of a visitor who has a visitor id, as it is queued
@@ -98,6 +108,10 @@ class Collector:
         self._atexit = False
         _LIVE.add(self)
         _install_sigterm_hook()
+
+    def _warm_salt(self) -> None:
+        if self.stats.sink_healthy:
+            self.enricher.salts.salt(int(time.time() // 86400))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Collector":
@@ -154,9 +168,16 @@ class Collector:
 
     async def astart(self) -> None:
         """Lifespan startup. With the embedded store, open it now (off the event loop):
-        a chDB directory locked by another process is a deployment error that must stop
-        the server with a clear message, not a spool that no process can ever replay."""
-        if self.sink.embedded:
+        a chDB directory that several workers would share, or that another process holds,
+        is a deployment error that must stop the server with a clear message, not a spool
+        that no process can ever replay. The one exception is a graceful reload: while the
+        worker being replaced (a sibling under the same server master) still holds the
+        directory, wait for it, up to `LOCK_WAIT` seconds."""
+        if self.sink.embedded and self.sink.chdb_path is not None:
+            problem = several_workers_problem(self.sink.chdb_path)
+            if problem is not None:
+                raise StoreLockedError(problem)
+            await self._wait_for_previous_worker(self.sink.chdb_path)
             try:
                 await asyncio.get_running_loop().run_in_executor(None, self.sink.client)
             except StoreLockedError:
@@ -164,6 +185,18 @@ class Collector:
             except SinkError as exc:  # any other failure: serve anyway, spool, retry
                 log.warning("consentmw: embedded store not ready at start (%s); events will be spooled", exc)
         self.start()
+
+    async def _wait_for_previous_worker(self, path: str) -> None:
+        """While a sibling worker (the one a graceful reload replaces) holds the directory,
+        wait for it to let go, up to LOCK_WAIT seconds; the lock is probed, not chDB."""
+        holder = held_by_a_sibling(path) if current_server() is not None else None
+        if holder is None:
+            return
+        log.warning("consentmw: the previous worker (pid %d) still holds %s; waiting up to %d s for it to "
+                    "finish", holder, path, LOCK_WAIT)
+        deadline = time.monotonic() + LOCK_WAIT
+        while locked_elsewhere(path) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
 
     async def astop(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.stop)

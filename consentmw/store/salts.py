@@ -51,8 +51,9 @@ class SaltStore:
             f"INSERT INTO {self.table} (day, salt, writer) VALUES (%(day)s, %(salt)s, %(writer)s)",
             parameters={"day": date, "salt": os.urandom(16).hex(), "writer": self._writer},
             settings={"insert_deduplication_token": f"daily-salt:{day}", "async_insert": 0})
-        self.sink.command(f"DELETE FROM {self.table} WHERE day <= %(old)s",
-                          parameters={"old": date - dt.timedelta(days=self.keep_days)})
+        old = {"old": date - dt.timedelta(days=self.keep_days)}
+        if self.sink.command(f"SELECT count() FROM {self.table} WHERE day <= %(old)s", parameters=old):
+            self.sink.command(f"DELETE FROM {self.table} WHERE day <= %(old)s", parameters=old)
 
     def _read(self, date: dt.date) -> str | None:
         rows = self.sink.query(f"SELECT argMin(salt, (created, writer)), count() FROM {self.table} "

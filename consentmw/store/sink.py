@@ -8,15 +8,18 @@ for the writer to spool the batch.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import math
 import os
 import threading
+import weakref
 from typing import Any
 
 import pyarrow as pa
 
 from consentmw.core.redact import redact
+from consentmw.store.chdb_lock import locked_elsewhere
 from consentmw.store.dsn import Dsn, DsnError, parse_dsn, scrub
 from consentmw.store.schema import SCHEMA_VERSION, Schema
 
@@ -39,35 +42,35 @@ class StoreLockedError(SinkError):
     """The chDB directory belongs to another process."""
 
 
+class EmbeddedStoreConflict(DsnError):
+    """This process already uses another chDB data directory (chDB allows one per process)."""
+
+
+#: the embedded sinks alive in this process: all must share one chDB data directory
+_EMBEDDED: "weakref.WeakSet[ClickHouseSink]" = weakref.WeakSet()
+
+
+def _claim_embedded(sink: "ClickHouseSink") -> None:
+    """Refuse a second chDB data directory in this process, at construction (start-up),
+    instead of a sink that could never connect and would spool forever."""
+    for attempt in range(2):
+        others = sorted({s.chdb_path for s in _EMBEDDED if s.chdb_path != sink.chdb_path and s.chdb_path})
+        if not others:
+            break
+        if attempt == 0:
+            gc.collect()  # sinks of discarded apps may still wait for the collector
+            continue
+        raise EmbeddedStoreConflict(
+            f"this process already uses the embedded chDB store at {others[0]}; another one at "
+            f"{sink.chdb_path} cannot be opened (chDB allows one data directory per process): give "
+            "every ConsentMiddleware the same clickhouse_dsn (a different `database` keeps their data "
+            "apart) or use a ClickHouse server")
+    _EMBEDDED.add(sink)
+
+
 class StoreConfigError(SinkError):
     """The server answers but refuses us (credentials, rights, missing database): retrying
     cannot help until an operator fixes the DSN or the server; events spool meanwhile."""
-
-
-def _locked_elsewhere(path: str) -> bool:
-    """True when another process holds the ClickHouse status-file lock of a chDB directory.
-
-    chDB reports this case in more than one way (a lock error, or a bare initialisation
-    error), so the lock itself is asked.
-    """
-    import fcntl
-
-    status = os.path.join(path, "status")
-    try:
-        fd = os.open(status, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what ClickHouse's status file holds
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
 
 
 def _usable(dsn: str) -> Dsn:
@@ -104,6 +107,8 @@ class ClickHouseSink:
         self.chdb_path = self.address.chdb_path
         #: the DSN for messages: the password is never shown
         self.dsn = "chdb://" + self.chdb_path if self.chdb_path else self.address.redacted
+        if self.chdb_path:
+            _claim_embedded(self)
         self.schema = schema
         self.database = schema.database
         # clickhouse-connect truncates timeouts to whole seconds: below 1 s would mean "none".
@@ -141,7 +146,7 @@ class ClickHouseSink:
             return clickhouse_connect.get_client(**options)
         except Exception as exc:  # noqa: BLE001 - every driver error means "not reachable now"
             message = scrub(str(exc), self.address)
-            if self.chdb_path and ("lock" in message.lower() or _locked_elsewhere(self.chdb_path)):
+            if self.chdb_path and ("lock" in message.lower() or locked_elsewhere(self.chdb_path)):
                 raise StoreLockedError(
                     f"the chDB data directory {self.chdb_path} is in use by another process. "
                     "chDB allows one process per directory: run a single worker, or point "

@@ -204,6 +204,9 @@ class Writer:
         self._inflight_lock = threading.Lock()
         self._attempts: dict[str, int] = {}
         self._ever_healthy = False
+        #: quick tasks the replay thread runs every loop (at most every 0.5 s), off the
+        #: writer's path: the collector warms the day's salt here
+        self.housekeeping: list[Callable[[], None]] = []
         # Flush early when the queue is half full, so a burst the store keeps up with
         # is inserted rather than spilled.
         self._early = max(1, min(batch_size, queue_size // 2))
@@ -321,6 +324,8 @@ class Writer:
                         self.probe()
                     if self.healthy and self.spool.pending():
                         self.replay(stop)
+                    for task in self.housekeeping:
+                        task()
                 except Exception as exc:  # noqa: BLE001 - the replayer must outlive any bug
                     log.error("consentmw: replay failed unexpectedly: %s", exception_text(exc))
                     self._failed(RuntimeError("replay error"), quiet=True)

@@ -44,3 +44,24 @@ def test_a_second_process_on_the_same_chdb_directory_fails_clearly(tmp_path: Pat
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_second_chdb_directory_in_one_process_fails_at_start(chdb_dsn: str, ch: object, tmp_path: Path) -> None:
+    import pytest
+    from starlette.applications import Starlette
+
+    from consentmw import ConsentMiddleware
+    from consentmw.store.sink import EmbeddedStoreConflict
+
+    from tests.conftest import SECRET
+
+    same = [ConsentMiddleware(Starlette(), secret_key=SECRET, clickhouse_dsn=chdb_dsn, database=db,
+                              spool_dir=str(tmp_path / "spool")) for db in ("one_site", "another_site")]
+    assert all(mw.collector.sink.chdb_path == same[0].collector.sink.chdb_path for mw in same)
+    with pytest.raises(EmbeddedStoreConflict) as refused:
+        ConsentMiddleware(Starlette(), secret_key=SECRET, clickhouse_dsn=f"chdb://{tmp_path / 'other'}",
+                          spool_dir=str(tmp_path / "spool"))
+    message = str(refused.value)
+    assert chdb_dsn[len("chdb://"):] in message and str(tmp_path / "other") in message
+    assert "one data directory per process" in message and "same clickhouse_dsn" in message
+    assert not (tmp_path / "other").exists()  # refused before anything was opened
