@@ -79,7 +79,7 @@
   const rd = () => Promise.all([css(), tp = tp || fetch(P + "/state?lang=" + L)
     .then(r => r.json()).then(s => { S = s.policy; })]);
 
-  const send = (method, body) => fetch(P + "/choice?lang=" + L, {
+  const send = (method, body, q = "") => fetch(P + "/choice?" + q + "lang=" + L, {
     method, headers: { "Content-Type": "application/json" },
     body: body && JSON.stringify({ ...body, lang: L, page: location.pathname }),
   }).then(r => r.json()).then(s => {
@@ -104,59 +104,80 @@
 
   const x = f => h("button", { class: "cmw-x", "aria-label": t("close"), onclick: f }, "×");
   const note = () => GPC && h("p", { class: "cmw-n" }, t("gpc_note"));
+  // Accept and Reject: the same button, side by side; anything else is secondary
   const acts = (...more) => h("div", { class: "cmw-a" }, btn("accept_all", () => pick(true)), btn("reject_all", no), ...more);
 
-  // first layer: closing it (× or Esc) refuses every optional purpose
-  const first = () => rd().then(() => {
+  // first layer: closing it (× or Esc) refuses every optional purpose; m: a status line to show
+  const first = m => rd().then(() => {
     if (rec || bn || dlg) return;
     back = D.activeElement;
     root.append(bn = h("div", {
       class: "cmw-b", role: "dialog", "aria-labelledby": "cmw-t", "aria-describedby": "cmw-d", tabindex: -1,
       // a block body: an on* handler returning false would cancel the key (and Tab)
       onkeydown: e => { e.key == "Escape" && no(); },
-    }, x(no), h("h2", { id: "cmw-t" }, t("title")), h("p", { id: "cmw-d" }, t("body")), note(),
-      acts(btn("settings", show))));
+    }, x(no), h("h2", { id: "cmw-t" }, t("title")), m && h("p", { class: "cmw-n", role: "status" }, m),
+      h("p", { id: "cmw-d" }, t("body")), note(), acts(btn("settings", show, "cmw-btn cmw-2"))));
     bn.focus();
   });
 
-  // settings layer: a modal dialog, one switch per purpose, nothing optional pre-ticked
+  // erasing ends the consent: the server clears the cookie, and the banner asks again
+  const erase = () => fetch(P + "/me?lang=" + L, { method: "DELETE" }).then(r => {
+    if (!r.ok) throw r;
+    use(null);
+    close();
+    apply(1);
+    first(t("deleted"));
+  });
+
+  // settings layer: a modal dialog, one switch per purpose (nothing optional pre-ticked),
+  // details folded away, the action buttons in a footer that stays in view
   const show = () => rd().then(() => {
     if (dlg) return;
     back = back || D.activeElement;
     bn && bn.remove();
     bn = 0;
-    const shut = () => rec ? close() : no(), status = h("p", { role: "status" }), cats = S.categories;
+    const shut = () => rec ? close() : no(), status = h("p", { role: "status" }), cats = S.categories,
+      fail = () => { status.textContent = t("failed"); },
+      // a destructive action asks once more, in place; "Cancel" (focused) keeps everything
+      sure = (k, f) => h("button", { class: "cmw-k", onclick: e => {
+        const row = e.target.parentNode, was = [...row.childNodes],
+          c = h("button", { class: "cmw-k", onclick: () => { row.replaceChildren(...was); e.target.focus(); } }, t("cancel"));
+        row.replaceChildren(h("span", {}, t("sure")), h("button", { class: "cmw-k", onclick: () => f().catch(fail) }, t(k)), c);
+        c.focus();
+      } }, t(k));
     const rows = S.purposes.map(p => {
-      const id = "cmw-" + p.id, box = h("input", { type: "checkbox", id, "aria-describedby": id + "d" }),
-        m = s => h("span", { class: "cmw-m" }, " " + s + ".");
+      const id = "cmw-" + p.id, box = h("input", { type: "checkbox", role: "switch", id, "aria-describedby": id + "d" }),
+        c = p.categories.map(c => h("li", {}, (c = cats[c] || { en: c })[L] || c.en));
       box.checked = allows(p.id);
       box.disabled = p.required;
       return h("div", { class: "cmw-p" },
-        h("div", { class: "cmw-h" }, box, h("label", { for: id }, tx(p.texts, "title")), p.required && m(t("always_on"))),
-        h("p", { id: id + "d" }, tx(p.texts, "description"),
-          p.categories[0] && m(t("collects") + ": " + p.categories.map(c => (c = cats[c] || { en: c })[L] || c.en).join(", ")),
-          m(t("kept_for").replace("{days}", p.retention_days))));
+        h("div", { class: "cmw-h" }, h("label", { for: id }, tx(p.texts, "title")),
+          p.required && h("span", { class: "cmw-m" }, t("always_on")), box),
+        h("p", { id: id + "d", class: "cmw-m" }, tx(p.texts, "description")),
+        (c[0] || p.required) && h("details", {}, h("summary", {}, t("details")),
+          c[0] && h("p", {}, t("collects")), c[0] && h("ul", {}, ...c),
+          h("p", {}, t(c[0] ? "kept_for" : "choice_kept").replace("{days}", p.retention_days))));
     });
     root.append(dlg = h("dialog", {
       class: "cmw-s", "aria-labelledby": "cmw-s",
       oncancel: e => { e.preventDefault(); shut(); },
       // Tab and Shift+Tab cycle inside the dialog
       onkeydown: e => {
-        const f = dlg.querySelectorAll("button,a,input:not(:disabled)"), a = f[0], z = f[f.length - 1], el = D.activeElement;
+        const f = dlg.querySelectorAll("button,a,summary,input:not(:disabled)"), a = f[0], z = f[f.length - 1], el = D.activeElement;
         if (e.key == "Tab" && (e.shiftKey ? el == a || el == dlg : el == z)) {
           e.preventDefault();
           (e.shiftKey ? z : a).focus();
         }
       },
-    }, x(shut), h("h2", { id: "cmw-s" }, t("title")), note(), ...rows,
+    }, x(shut), h("h2", { id: "cmw-s" }, t("title")), h("div", { class: "cmw-sb" }, note(), ...rows,
       h("p", { class: "cmw-m" }, t("version").replace("{version}", S.version).replace("{updated}", S.updated)),
       h("p", { class: "cmw-l" }, S.privacy_url && h("a", { href: S.privacy_url }, t("privacy_policy")),
-        rec && h("a", { href: P + "/me", download: "my-data.json" }, t("download")),
-        rec && btn("delete", () => fetch(P + "/me", { method: "DELETE" })
-          .then(r => { status.textContent = r.ok ? t("deleted") : r.status; }), "cmw-k")),
-      status,
-      acts(btn("save", () => send("POST", { granted: S.purposes.filter(p => D.getElementById("cmw-" + p.id).checked).map(p => p.id) })),
-        rec && btn("withdraw", () => send("DELETE")))));
+        rec && h("a", { href: P + "/me", download: "my-data.json" }, t("download")), rec && sure("delete", erase)),
+      // withdrawal, with or without erasure, where the choice is changed
+      rec && h("p", { class: "cmw-l" }, btn("withdraw", () => send("DELETE"), "cmw-k"),
+        sure("withdraw_delete", () => send("DELETE", null, "erase=true&"))),
+      status),
+    acts(btn("save", () => send("POST", { granted: S.purposes.filter(p => D.getElementById("cmw-" + p.id).checked).map(p => p.id) }), "cmw-btn cmw-2"))));
     dlg.showModal();
   });
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,11 @@ def test_first_visit_shows_banner_and_tracks_nothing(tab: Tab) -> None:
             "s.color, s.borderTopWidth, s.paddingTop, Math.round(e.getBoundingClientRect().height)] }"
     assert accept.evaluate(style) == reject.evaluate(style)
     a, r = accept.bounding_box(), reject.bounding_box()
-    assert abs(a["width"] - r["width"]) <= 1
+    assert abs(a["width"] - r["width"]) <= 1 and a["y"] == r["y"]  # side by side, same size
+    # "Settings" is a secondary button: not filled like the two choices
+    settings = tab.button("Settings")
+    assert settings.evaluate("e => getComputedStyle(e).backgroundColor") != accept.evaluate(
+        "e => getComputedStyle(e).backgroundColor")
     # scrolling and clicking elsewhere is not consent
     tab.page.mouse.wheel(0, 600)
     tab.page.locator("h1").click()
@@ -164,14 +169,23 @@ def test_settings_layer_is_granular(tab: Tab) -> None:
     assert boxes["necessary"].is_checked() and boxes["necessary"].is_disabled()
     assert [boxes[p].is_checked() for p in ("statistics", "personalisation", "marketing")] == [False] * 3
     text = dialog.inner_text()
-    # description, data categories and retention from the policy; version and date; links
+    # description, version and date, links; what is collected and for how long folded away
     assert "Counts visits to improve the site" in text
-    assert re.search(r"Collects: .*Pages visited and campaign tags", text)
-    assert "Kept for 395 days" in text and "Kept for 180 days" in text
+    assert "Pages visited" not in text
+    assert dialog.locator("details").count() == 3  # marketing stores nothing here: no details to show
+    for summary in dialog.locator("summary").all():
+        summary.click()
+    text = dialog.inner_text()
+    assert re.search(r"What is collected:\s+Browser, operating system and device type\s", text)
+    assert "Pages visited and campaign tags" in text
+    assert "Kept for 395 days." in text and "Kept for 180 days." in text
+    assert "Only your choice is stored, for 180 days." in text
+    assert "Kept for 90 days" not in text  # marketing: this site stores nothing, so no retention
+    assert text.count("Always on") == 1
     assert "Policy version 2026-11-21, last updated 2026-11-21" in text
     assert dialog.get_by_role("link", name="Privacy policy").get_attribute("href") == "/privacy"
     # the label names the switch; the description describes it
-    assert tab.page.get_by_role("checkbox", name="Statistics").count() == 1
+    assert tab.page.get_by_role("switch", name="Statistics").count() == 1
     boxes["statistics"].check()
     tab.wait_choice(lambda: tab.button("Save choices").click())
     assert granted_of(tab) == ["necessary", "statistics"]
@@ -246,7 +260,8 @@ def test_keyboard_only(tab: Tab) -> None:
     inside = f"!!{active}.closest('dialog.cmw-s')"
     assert page.evaluate(inside)
     # Tab cycles inside the dialog: more presses than it has controls, never leaving it
-    count = page.evaluate("document.querySelectorAll('dialog.cmw-s button, dialog.cmw-s a, dialog.cmw-s input:not(:disabled)').length")
+    count = page.evaluate("document.querySelectorAll('dialog.cmw-s button, dialog.cmw-s a, dialog.cmw-s summary, "
+                          "dialog.cmw-s input:not(:disabled)').length")
     names = []
     for _ in range(count + 2):
         page.keyboard.press("Tab")
@@ -412,10 +427,13 @@ def test_russian_and_kazakh(open_tab: Any) -> None:
     tab = open_tab()
     tab.goto("/?lang=ru")
     tab.banner().wait_for()
-    assert tab.page.locator("#cmw-t").inner_text() == "Настройки конфиденциальности"
+    assert tab.page.locator("#cmw-t").inner_text() == "Ваши данные — ваш выбор"
     assert tab.button("Принять все").count() == 1 and tab.button("Отклонить все").count() == 1
     tab.button("Настроить").click()
-    assert "Хранится 395 дн." in tab.page.locator("dialog.cmw-s").inner_text()
+    tab.page.locator("dialog.cmw-s summary").first.click()
+    tab.page.locator("dialog.cmw-s summary").nth(1).click()
+    text = tab.page.locator("dialog.cmw-s").inner_text()
+    assert "Срок хранения: 395 дн." in text and "дн.." not in text and "Хранится только ваш выбор, 180 дн." in text
     tab.wait_choice(lambda: tab.button("Отклонить все").click())
     assert tab.page.locator(".cmw-f").inner_text() == "Конфиденциальность"
     # Kazakh from the browser's languages when the page declares none
@@ -425,8 +443,8 @@ def test_russian_and_kazakh(open_tab: Any) -> None:
     kk.goto("/")
     kk.banner().wait_for()
     assert kk.page.evaluate("document.documentElement.lang") == ""
-    assert kk.page.locator("#cmw-t").inner_text() == "Құпиялылық параметрлері"
-    kk.wait_choice(lambda: kk.button("Барлығын қабылдау").click())
+    assert kk.page.locator("#cmw-t").inner_text() == "Құпиялылық таңдауыңыз"
+    kk.wait_choice(lambda: kk.button("Бәрін қабылдау").click())
     rows = kk.site.wait_rows("SELECT language FROM {db}.consent_log ORDER BY ts", lambda rs: len(rs) == 2)
     assert [r["language"] for r in rows] == ["ru", "kk"]
 
@@ -478,17 +496,209 @@ def test_no_layout_shift_and_small_screens(open_tab: Any) -> None:
         assert granted_of(tab) == ["marketing", "necessary"]
 
 
-def test_screenshots(tab: Tab) -> None:
+WRITE_DOCS = os.environ.get("CONSENTMW_WRITE_DOCS") == "1"
+
+
+def test_screenshots(open_tab: Any, tmp_path: Path) -> None:
+    """The README's pictures and the "after" set beside docs/before/; written to docs/ only with
+    CONSENTMW_WRITE_DOCS=1 (otherwise to a temporary directory, so a test run never rewrites them)."""
+    out = DOCS if WRITE_DOCS else tmp_path
+    tab = open_tab()
     page = tab.page
     tab.goto("/")
     tab.banner().wait_for()
     page.wait_for_timeout(400)
     page.evaluate("document.activeElement.blur()")
-    DOCS.mkdir(exist_ok=True)
-    page.screenshot(path=str(DOCS / "banner.png"))
+    page.screenshot(path=str(out / "banner.png"))
     tab.button("Settings").click()
     page.locator("dialog.cmw-s").wait_for()
     page.set_viewport_size({"width": 1000, "height": 1000})
+    page.locator("dialog.cmw-s summary").nth(1).click()
     page.evaluate("document.activeElement.blur()")
-    page.screenshot(path=str(DOCS / "settings.png"))
-    assert (DOCS / "banner.png").stat().st_size > 5000 and (DOCS / "settings.png").stat().st_size > 5000
+    page.screenshot(path=str(out / "settings.png"))
+    shots = ["banner.png", "settings.png"]
+    (out / "after").mkdir(exist_ok=True)
+    for lang in ("en", "ru", "kk"):
+        small = open_tab(viewport={"width": 360, "height": 740}, locale=lang)
+        small.goto(f"/?lang={lang}")
+        small.banner().wait_for()
+        small.page.wait_for_timeout(400)
+        small.page.evaluate("document.activeElement.blur()")
+        small.page.screenshot(path=str(out / "after" / f"mobile-first-{lang}.png"))
+        small.page.locator(".cmw-b .cmw-2").click()
+        small.page.locator("dialog.cmw-s").wait_for()
+        small.page.evaluate("document.activeElement.blur()")
+        small.page.screenshot(path=str(out / "after" / f"mobile-settings-{lang}.png"))
+        shots += [f"after/mobile-first-{lang}.png", f"after/mobile-settings-{lang}.png"]
+    assert all((out / name).stat().st_size > 5000 for name in shots)
+
+
+# ------------------------------------------------------------------ look and feel (issue 13)
+@pytest.mark.parametrize("lang", ["en", "ru", "kk"])
+def test_first_layer_is_compact_on_a_phone(open_tab: Any, lang: str) -> None:
+    """At 360x740 the first layer covers at most 35 % of the screen, with Accept, Reject and
+    Settings all visible without scrolling (Reject is never hidden to make it fit)."""
+    tab = open_tab(viewport={"width": 360, "height": 740}, locale=lang)
+    page = tab.page
+    tab.goto(f"/?lang={lang}")
+    banner = tab.banner()
+    banner.wait_for()
+    page.wait_for_timeout(300)  # the entrance animation
+    box = banner.bounding_box()
+    assert box["height"] <= 0.35 * 740, (lang, box)
+    assert banner.evaluate("e => e.scrollHeight <= e.clientHeight"), "the first layer scrolls"
+    buttons = banner.locator(".cmw-a button")
+    assert buttons.count() == 3
+    for i in range(3):
+        b = buttons.nth(i)
+        assert b.is_visible()
+        r = b.bounding_box()
+        assert box["y"] <= r["y"] and r["y"] + r["height"] <= box["y"] + box["height"] <= 740
+        assert r["x"] >= 0 and r["x"] + r["width"] <= 360 and r["height"] >= 32
+    accept, reject = buttons.nth(0).bounding_box(), buttons.nth(1).bounding_box()
+    assert (accept["width"], accept["height"], accept["y"]) == (reject["width"], reject["height"], reject["y"])
+    no_errors(tab)
+
+
+def test_settings_footer_stays_in_view_on_a_phone(open_tab: Any) -> None:
+    tab = open_tab(viewport={"width": 360, "height": 740})
+    page = tab.page
+    tab.goto("/")
+    tab.button("Settings").click()
+    dialog = page.locator("dialog.cmw-s")
+    dialog.wait_for()
+    for summary in dialog.locator("summary").all():
+        summary.click()  # everything unfolded: the body is far taller than the screen
+    body = dialog.locator(".cmw-sb")
+    assert body.evaluate("e => e.scrollHeight > e.clientHeight + 200")
+    for where in ("top", "bottom"):
+        body.evaluate(f"e => e.scrollTop = {'0' if where == 'top' else 'e.scrollHeight'}")
+        for name in ("Accept all", "Reject all", "Save choices"):
+            b = tab.button(name).bounding_box()
+            assert 0 <= b["y"] and b["y"] + b["height"] <= 740 and b["x"] + b["width"] <= 360, (where, name, b)
+    # Save is a secondary button; Accept and Reject are the same
+    style = "e => [getComputedStyle(e).backgroundColor, e.getBoundingClientRect().width]"
+    assert tab.button("Accept all").evaluate(style) == tab.button("Reject all").evaluate(style)
+    assert tab.button("Save choices").evaluate(style)[0] != tab.button("Accept all").evaluate(style)[0]
+    page.locator("#cmw-statistics").check()
+    tab.wait_choice(lambda: tab.button("Save choices").click())
+    assert granted_of(tab) == ["necessary", "statistics"]
+
+
+def test_focus_ring_only_for_keyboard_focus(tab: Tab) -> None:
+    page = tab.page
+    tab.goto("/")
+    tab.banner().wait_for()
+    page.wait_for_timeout(300)
+    outline = "getComputedStyle(document.activeElement).outlineStyle"
+    # focus was moved into the banner on load, but no ring appears for it
+    assert page.evaluate("document.activeElement.classList.contains('cmw-b')")
+    assert page.evaluate(outline) == "none"
+    # a mouse click on a button shows no ring either
+    tab.button("Settings").hover()
+    page.mouse.down()
+    assert page.evaluate("document.activeElement.textContent") == "Settings"
+    assert page.evaluate(outline) == "none"
+    page.mouse.up()
+    page.locator("dialog.cmw-s").wait_for()
+    page.mouse.click(5, 5)  # the backdrop: nothing changes
+    # the keyboard shows it
+    page.keyboard.press("Tab")
+    assert page.evaluate("!!document.activeElement.closest('dialog.cmw-s')")
+    assert page.evaluate(outline) == "solid"
+    assert page.evaluate("parseFloat(getComputedStyle(document.activeElement).outlineWidth)") >= 2
+    no_errors(tab)
+
+
+def test_delete_my_data_asks_first_and_ends_the_consent(tab: Tab) -> None:
+    site = tab.site
+    page = tab.page
+    tab.goto("/")
+    first = tab.wait_choice(lambda: tab.button("Accept all").click())
+    old_id = first["consent"]["id"]
+    for path in ("/articles/consent-that-holds-up", "/articles/global-privacy-control"):
+        tab.goto(path)
+    rows = site.wait_rows("SELECT visitor_id FROM {db}.events_personalisation", lambda rs: len(rs) == 2)
+    visitor = rows[0]["visitor_id"]
+    page.locator(".cmw-f").click()
+    dialog = page.locator("dialog.cmw-s")
+    dialog.wait_for()
+    # the first click only asks; Cancel keeps everything
+    tab.button("Delete my data").click()
+    assert "cannot be undone" in dialog.inner_text()
+    assert page.evaluate("document.activeElement.textContent") == "Cancel"
+    tab.button("Cancel").click()
+    assert page.evaluate("document.activeElement.textContent") == "Delete my data"
+    assert dialog.get_by_role("link", name="Download my data").count() == 1 and tab.button("Cancel").count() == 0
+    page.wait_for_timeout(300)
+    assert not [u for m, u in tab.requests if m == "DELETE"]
+    assert site.count("events_personalisation", f"visitor_id = '{visitor}'") == 2
+    # confirmed: erased, and the consent ends with it
+    tab.button("Delete my data").click()
+    with page.expect_response(lambda r: r.url.endswith("/_consent/me?lang=en") and r.request.method == "DELETE") as info:
+        tab.button("Delete my data").click()
+    assert info.value.ok  # (its body is not read by the page, so not here either)
+    assert [r["verified"] for r in site.wait_rows("SELECT verified FROM {db}.erasure_log")] == [True]
+    dialog.wait_for(state="detached")
+    # the banner asks again, saying why
+    tab.banner().wait_for()
+    assert "Your data has been deleted" in tab.banner().inner_text()
+    assert tab.consent_cookie() is None
+    assert page.evaluate("consentmw.get()") is None and page.evaluate("consentmw.allows('statistics')") is False
+    assert site.count("events_personalisation", f"visitor_id = '{visitor}'") == 0
+    # browsing on collects nothing, under no visitor id, old or new
+    site.settle(0.5)
+    before = [site.count(t) for t in EVENTS]
+    tab.goto("/articles/clickhouse-for-analytics")
+    tab.banner().wait_for()
+    site.settle()
+    assert [site.count(t) for t in EVENTS] == before
+    erased = site.query("SELECT consent_id, user_agent, toString(ip) AS ip, visitor_id FROM {db}.consent_log "
+                        "WHERE action = 'erase'")
+    assert erased == [{"consent_id": old_id, "user_agent": "", "ip": "::", "visitor_id": ""}]
+    no_errors(tab)
+
+
+def test_withdraw_and_delete(tab: Tab) -> None:
+    site = tab.site
+    page = tab.page
+    tab.goto("/")
+    tab.wait_choice(lambda: tab.button("Accept all").click())
+    tab.goto("/articles/consent-that-holds-up")
+    site.wait_rows("SELECT visitor_id FROM {db}.events_personalisation", lambda rs: len(rs) == 1)
+    page.locator(".cmw-f").click()
+    page.locator("dialog.cmw-s").wait_for()
+    # offered beside withdrawal, as a link-like control (not a fourth solid button)
+    withdraw, both = tab.button("Withdraw all consent"), tab.button("Withdraw and delete my data")
+    assert withdraw.is_visible() and both.is_visible()
+    solid = tab.button("Accept all").evaluate("e => getComputedStyle(e).backgroundColor")
+    assert withdraw.evaluate("e => getComputedStyle(e).backgroundColor") != solid
+    both.click()
+    page.wait_for_timeout(200)
+    assert not tab.paths("erase=true")
+    answer = tab.wait_choice(lambda: tab.button("Withdraw and delete my data").click())
+    assert any("erase=true" in u for _, u in tab.paths("/_consent/choice"))
+    assert answer["consent"]["granted"] == ["necessary"] and answer["erasure"]["verified"] is True
+    assert granted_of(tab) == ["necessary"]
+    assert site.count("events_personalisation") == 0
+    assert tab.page.locator("dialog.cmw-s").count() == 0 and tab.banner().count() == 0
+    no_errors(tab)
+
+
+def test_state_is_compressed_and_revalidated_in_the_browser(tab: Tab) -> None:
+    page = tab.page
+    with page.expect_response(lambda r: "/_consent/state" in r.url) as info:
+        tab.goto("/?lang=ru")
+    tab.banner().wait_for()
+    assert info.value.headers.get("content-encoding") == "gzip"
+    assert info.value.headers.get("etag", "").startswith('"') and "private" in info.value.headers["cache-control"]
+    entry = "u => performance.getEntriesByType('resource').filter(e => e.name.includes('/_consent/state'))" \
+            ".map(e => [e.transferSize, e.encodedBodySize, e.decodedBodySize])"
+    [(transfer, encoded, decoded)] = page.evaluate(entry)
+    assert encoded < decoded / 2, (encoded, decoded)
+    # the next page asks again with If-None-Match and gets a 304: headers only, the body from the cache
+    tab.goto("/privacy?lang=ru")
+    tab.banner().wait_for()
+    page.wait_for_timeout(200)
+    [(transfer, encoded, decoded)] = page.evaluate(entry)
+    assert transfer < 600 and encoded > 1000, (transfer, encoded, decoded)
