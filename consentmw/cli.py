@@ -36,9 +36,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     from consentmw.ops import open_sink
+    from consentmw.store.sink import NewerSchema
 
-    sink = open_sink(args)
-    sink.client()
+    sink = open_sink(args, migrate=True)
+    try:
+        sink.apply_migration()
+    except NewerSchema as exc:
+        raise CLIError(f"{exc}; run migrate with the newest policy") from None
     print(f"schema up to date in database {sink.database} ({redact_dsn(sink.dsn)})")
     return 0
 
@@ -340,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prove)
     p = sub.add_parser("migrate", help="create or upgrade the ClickHouse schema")
     _add_store_args(p)
+    p.add_argument("--allow-shorter-retention", action="store_true",
+                   help="apply a policy that shortens a purpose's retention (rows older than the new one are deleted)")
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("report", help="write the dashboard as one self-contained HTML file",

@@ -29,7 +29,7 @@ from consentmw.core.policy import Policy, PolicyError
 from consentmw.core.settings import Settings, SettingsError
 from consentmw.store.dsn import DsnError
 from consentmw.serving import stop_supervisor
-from consentmw.store.sink import StoreLockedError
+from consentmw.store.sink import MigrationRefused, StoreLockedError
 
 log = logging.getLogger("consentmw")
 _NOT_SETTINGS = frozenset({"self", "app", "collector"})
@@ -69,7 +69,8 @@ class ConsentMiddleware:
                  flush_interval: float | None = None, queue_size: int | None = None,
                  shutdown_timeout: float | None = None, spool_max_bytes: int | None = None,
                  collect_rate: float | None = None, collect_burst: int | None = None,
-                 floating_button: bool | None = None, collector: Collector | None = None) -> None:
+                 floating_button: bool | None = None, allow_shorter_retention: bool | None = None,
+                 collector: Collector | None = None) -> None:
         self.app = app
         # Every keyword but `app` and `collector` is a setting of the same name.
         options = {name: value for name, value in locals().items() if name not in _NOT_SETTINGS}
@@ -265,7 +266,7 @@ class ConsentMiddleware:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.collector.astart()
-                except StoreLockedError as exc:
+                except (StoreLockedError, MigrationRefused) as exc:
                     refused.append(str(exc))
                     raise _StartupRefused(str(exc)) from None
             elif message["type"] == "lifespan.shutdown":

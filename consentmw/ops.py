@@ -17,9 +17,12 @@ def load_policy(path: str | None) -> Policy:
     return Policy.from_file(path) if path else Policy.default()
 
 
-def open_sink(args: argparse.Namespace) -> ClickHouseSink:
+def open_sink(args: argparse.Namespace, *, migrate: bool = False) -> ClickHouseSink:
+    """The store named by the flags or the environment. Read-only for the schema unless
+    `migrate` (only `consentmw migrate` changes tables; the other commands read or delete rows)."""
     dsn = getattr(args, "dsn", None) or os.environ.get("CONSENTMW_CLICKHOUSE_DSN") or DEFAULT_DSN
     database = getattr(args, "database", None) or os.environ.get("CONSENTMW_DATABASE") or "consentmw"
     cluster = os.environ.get("CONSENTMW_CLICKHOUSE_CLUSTER") or None
     database = choose_database(parse_dsn(dsn), database)
-    return ClickHouseSink(dsn, Schema(load_policy(getattr(args, "policy", None)), database, cluster))
+    return ClickHouseSink(dsn, Schema(load_policy(getattr(args, "policy", None)), database, cluster),
+                          migrate=migrate, allow_shorter_retention=bool(getattr(args, "allow_shorter_retention", False)))

@@ -37,7 +37,7 @@ from consentmw.store.chdb_lock import held_by_a_sibling, locked_elsewhere
 from consentmw.store.dsn import choose_database, parse_dsn
 from consentmw.store.salts import SaltStore
 from consentmw.store.schema import Schema
-from consentmw.store.sink import ClickHouseSink, SinkError, StoreLockedError
+from consentmw.store.sink import ClickHouseSink, MigrationRefused, SinkError, StoreLockedError
 from consentmw.store.spool import Spool
 from consentmw.store.writer import Stats, Writer
 
@@ -80,7 +80,8 @@ class Collector:
         self.policy = settings.policy
         if sink is None:
             database = choose_database(parse_dsn(settings.clickhouse_dsn), settings.database)
-            sink = ClickHouseSink(settings.clickhouse_dsn, Schema(self.policy, database, settings.cluster))
+            sink = ClickHouseSink(settings.clickhouse_dsn, Schema(self.policy, database, settings.cluster),
+                                  allow_shorter_retention=settings.allow_shorter_retention)
         self.sink = sink
         # The day's visitor salt lives in the store, so every worker and app server (and the
         # next process after a restart) gives one visitor one code per day. It is asked for
@@ -180,7 +181,7 @@ class Collector:
             await self._wait_for_previous_worker(self.sink.chdb_path)
             try:
                 await asyncio.get_running_loop().run_in_executor(None, self.sink.client)
-            except StoreLockedError:
+            except (StoreLockedError, MigrationRefused):
                 raise
             except SinkError as exc:  # any other failure: serve anyway, spool, retry
                 log.warning("consentmw: embedded store not ready at start (%s); events will be spooled", exc)

@@ -59,6 +59,7 @@ class Settings:
     collect_rate: float = 20.0                 # beacon requests per second per client (token bucket)
     collect_burst: int = 60
     floating_button: bool = True
+    allow_shorter_retention: bool = False      # let start-up migrate a shorter retention (deletes older rows)
 
     _ENV = {
         "secret_key": "CONSENTMW_SECRET_KEY",
@@ -72,6 +73,7 @@ class Settings:
         "trusted_proxies": "CONSENTMW_TRUSTED_PROXIES",
         "forwarded_header": "CONSENTMW_FORWARDED_HEADER",
         "cookie_domain": "CONSENTMW_COOKIE_DOMAIN",
+        "allow_shorter_retention": "CONSENTMW_ALLOW_SHORTER_RETENTION",
     }
 
     @classmethod
@@ -101,6 +103,11 @@ class Settings:
             values["policy"] = Policy.from_file(policy)
         elif not isinstance(policy, Policy):
             raise SettingsError("policy must be a Policy or a path to a TOML file")
+        flag = values.get("allow_shorter_retention")
+        if isinstance(flag, str):
+            if flag.strip().lower() not in ("1", "true", "yes", "0", "false", "no"):
+                raise SettingsError("CONSENTMW_ALLOW_SHORTER_RETENTION must be 1/true/yes or 0/false/no")
+            values["allow_shorter_retention"] = flag.strip().lower() in ("1", "true", "yes")
         for name in ("trusted_proxies", "allowed_origins"):
             if isinstance(values.get(name), str):
                 values[name] = _split(values[name])

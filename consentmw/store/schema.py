@@ -10,13 +10,30 @@ Distributed table in front, for several ClickHouse servers.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Any
 
 from consentmw.core.fields import LEDGER_COLUMNS, Column, columns_for, table_for
 from consentmw.store.layout import Layout
 from consentmw.store.views import statements as view_statements  # analyst views, visitor profile
 
 SCHEMA_VERSION = 1
+_TTL_DAYS = re.compile(r"\bTTL\s+toDateTime\(ts\)\s*\+\s*toIntervalDay\((\d+)\)")
+_RUNS = re.compile(r"(\d+)|(\D+)")
+
+
+def version_key(version: str) -> tuple[tuple[int, int, str], ...]:
+    """Order policy versions naturally: "2026-11-21" < "2026-12-01", "1.9" < "1.10", "v2" < "v10"."""
+    return tuple((0, int(digits), "") if digits else (1, 0, text) for digits, text in _RUNS.findall(version))
+
+
+def current_retention(client: Any, database: str, table: str) -> int | None:
+    """The TTL in days an existing event table has now (None: no such table)."""
+    rows = client.query("SELECT create_table_query FROM system.tables WHERE database = %(d)s AND name = %(t)s",
+                        parameters={"d": database, "t": table}).result_rows
+    found = _TTL_DAYS.search(rows[0][0]) if rows else None
+    return int(found.group(1)) if found else None
 LEDGER_RETENTION_DAYS = 1826   # proof of consent is kept five years
 DEDUP_WINDOW = 10_000
 SALT_TABLE = "daily_salts"   # the visitor-hash salt of each day (store/salts.py)

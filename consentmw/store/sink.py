@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import importlib.util
+import logging
 import math
 import os
 import threading
@@ -21,10 +22,14 @@ import pyarrow as pa
 from consentmw.core.redact import redact
 from consentmw.store.chdb_lock import locked_elsewhere
 from consentmw.store.dsn import Dsn, DsnError, parse_dsn, scrub
-from consentmw.store.schema import SCHEMA_VERSION, Schema
+from consentmw.core.fields import table_for
+from consentmw.store.schema import SCHEMA_VERSION, Schema, current_retention, version_key
 
 
 EMBEDDED_EXTRA = "pip install 'consentmw[embedded]'"
+
+
+log = logging.getLogger("consentmw")
 
 
 class SinkError(RuntimeError):
@@ -73,6 +78,18 @@ class StoreConfigError(SinkError):
     cannot help until an operator fixes the DSN or the server; events spool meanwhile."""
 
 
+class SchemaMissing(SinkError):
+    """A read-only command found no consentmw schema: nothing to read (and it creates none)."""
+
+
+class MigrationRefused(StoreConfigError):
+    """Migrating would shorten a retention (deleting rows) without the operator's consent."""
+
+
+class NewerSchema(SinkError):
+    """The schema was migrated by a newer policy version: an older policy leaves it alone."""
+
+
 def _usable(dsn: str) -> Dsn:
     """The parsed DSN, if this installation can use it (chDB is an extra)."""
     parsed = parse_dsn(dsn)
@@ -102,7 +119,13 @@ class ClickHouseSink:
     """Inserts Arrow batches into one ClickHouse database; creates and migrates its schema."""
 
     def __init__(self, dsn: str, schema: Schema, *, connect_timeout: float = 3.0,
-                 send_receive_timeout: float = 10.0) -> None:
+                 send_receive_timeout: float = 10.0, migrate: bool = True,
+                 allow_shorter_retention: bool = False) -> None:
+        """`migrate=False` opens the store read-only for the schema: it must exist (operator
+        commands other than `migrate` read or delete rows but never change tables).
+        `allow_shorter_retention` lets a migration lower a purpose's TTL (deleting older rows)."""
+        self.auto_migrate = migrate
+        self.allow_shorter_retention = allow_shorter_retention
         self.address = _usable(dsn)
         self.chdb_path = self.address.chdb_path
         #: the DSN for messages: the password is never shown
@@ -129,13 +152,37 @@ class ClickHouseSink:
             if self._client is None:
                 self._client = self._connect()
             if not self._migrated:
-                self.migrate(self._client)
+                if not self.auto_migrate:
+                    self._check_schema(self._client)
+                else:
+                    try:
+                        self.migrate(self._client)
+                    except NewerSchema as exc:  # a rolling deploy: the newer policy's schema serves us too
+                        log.warning("consentmw: %s", exc)
                 self._migrated = True
             return self._client
+
+    def apply_migration(self) -> None:
+        """Migrate now, raising NewerSchema and MigrationRefused (what `consentmw migrate` runs)."""
+        with self._lock:
+            if self._client is None:
+                self._client = self._connect()
+            self.migrate(self._client)
+            self._migrated = True
+
+    def _check_schema(self, client: Any) -> None:
+        """A read-only opening: the schema must be there already."""
+        if not client.command(f"EXISTS TABLE {self.database}.schema_migrations"):
+            raise SchemaMissing(f"no consentmw schema in database {self.database} at {self.dsn}: "
+                                "create it with `consentmw migrate` (the running app creates it too)")
 
     def _connect(self) -> Any:
         import clickhouse_connect
 
+        if self.chdb_path is not None and not self.auto_migrate and not os.path.isdir(
+                os.path.join(self.chdb_path, "metadata")):
+            raise SchemaMissing(f"no chDB store at {self.chdb_path}: check --dsn / CONSENTMW_CLICKHOUSE_DSN "
+                                "(`consentmw migrate` creates one)")
         try:
             if self.chdb_path is not None:
                 os.makedirs(self.chdb_path, exist_ok=True)
@@ -166,9 +213,16 @@ class ClickHouseSink:
                                    f"{f', database {db!r}' if db else ''}) {problem}") from None
 
     def migrate(self, client: Any | None = None) -> None:
-        """Create or upgrade the schema (idempotent)."""
+        """Create or upgrade the schema (idempotent), forward only.
+
+        Refused (NewerSchema) when a newer policy version already migrated it: an older
+        process in a rolling deploy must not undo a newer one's columns or TTLs. Refused
+        (MigrationRefused) when the policy shortens a purpose's retention, which deletes
+        every row older than the new one, unless `allow_shorter_retention`.
+        """
         client = client or self._client
         try:
+            self._check_forward(client)
             for statement in self.schema.statements():
                 client.command(statement)
             client.command(
@@ -176,9 +230,35 @@ class ClickHouseSink:
                 f"SELECT {SCHEMA_VERSION}, %(v)s WHERE NOT EXISTS (SELECT 1 FROM {self.database}.schema_migrations "
                 f"WHERE version = {SCHEMA_VERSION} AND policy_version = %(v)s)",
                 parameters={"v": self.schema.policy.version})
+        except SinkError:
+            raise
         except Exception as exc:  # noqa: BLE001
             self._refused(exc)
             raise SinkError(f"schema migration failed: {scrub(str(exc), self.address).splitlines()[0][:300]}") from None
+
+    def _check_forward(self, client: Any) -> None:
+        """Raise NewerSchema or MigrationRefused (see `migrate`); nothing to check on a new store."""
+        db, policy = self.database, self.schema.policy
+        if not client.command(f"EXISTS TABLE {db}.schema_migrations"):
+            return
+        applied = [r[0] for r in client.query(f"SELECT DISTINCT policy_version FROM {db}.schema_migrations").result_rows]
+        newest = max(applied, key=version_key, default=None)
+        if newest is not None and version_key(policy.version) < version_key(newest):
+            raise NewerSchema(f"the schema in {db} was migrated by policy version {newest!r}, newer than this "
+                              f"policy's {policy.version!r}: it is left as it is (migrations only go forward)")
+        if self.allow_shorter_retention:
+            return
+        shorter = []
+        for purpose in policy.collecting:
+            local = self.schema.local(table_for(purpose.id))
+            days = current_retention(client, *local.split(".", 1))
+            if days is not None and purpose.retention_days < days:
+                shorter.append(f"{purpose.id} from {days} to {purpose.retention_days} days")
+        if shorter:
+            raise MigrationRefused(
+                f"policy {policy.version!r} shortens the retention of {', '.join(shorter)}: every older row would "
+                "be deleted. Confirm with `consentmw migrate --allow-shorter-retention` (or the setting "
+                "allow_shorter_retention=True / CONSENTMW_ALLOW_SHORTER_RETENTION=1)")
 
     def close(self) -> None:
         with self._lock:

@@ -10,9 +10,9 @@ import pytest
 from consentmw import Policy
 from consentmw.core.fields import COLUMNS, LEDGER_COLUMNS, columns_for
 from consentmw.store.layout import check_identifier
-from consentmw.store.schema import Schema
+from consentmw.store.schema import Schema, version_key
 from consentmw.core.arrow import arrow_type
-from consentmw.store.sink import ClickHouseSink, resolve_dsn
+from consentmw.store.sink import ClickHouseSink, MigrationRefused, NewerSchema, resolve_dsn
 
 
 def test_every_statement_parses_on_a_cluster_too(ch: Any) -> None:
@@ -50,13 +50,44 @@ def test_migration_is_idempotent_and_follows_the_policy(chdb_dsn: str, ch: Any, 
                          "retention_days": 30},
                         {"id": "personalisation"}, {"id": "marketing"}]}
     newer = Policy.from_dict(raw, base=policy)
-    ClickHouseSink(chdb_dsn, Schema(newer, database)).client()
+    # 395 -> 30 days would delete every older row: refused without the operator's confirmation.
+    with pytest.raises(MigrationRefused, match="statistics from 395 to 30 days"):
+        ClickHouseSink(chdb_dsn, Schema(newer, database)).client()
+    create = ch.query(f"SHOW CREATE TABLE {database}.events_statistics").result_rows[0][0]
+    assert "toIntervalDay(395)" in create  # nothing changed
+    ClickHouseSink(chdb_dsn, Schema(newer, database), allow_shorter_retention=True).client()
     cols = [r[0] for r in ch.query(f"DESCRIBE TABLE {database}.events_statistics").result_rows]
     assert "language" in cols
     create = ch.query(f"SHOW CREATE TABLE {database}.events_statistics").result_rows[0][0]
     assert "toIntervalDay(30)" in create
     versions = ch.query(f"SELECT policy_version FROM {database}.schema_migrations ORDER BY policy_version").result_rows
     assert versions == [(policy.version,), ("v2",)]
+
+
+def test_an_older_policy_never_rewrites_a_newer_schema(chdb_dsn: str, ch: Any, database: str) -> None:
+    """A rolling deploy: the new version (longer retention, one more column) migrated first;
+    a process still running the old policy starts afterwards and must leave it alone."""
+    old = Policy.default()
+    raw = {"version": "2099-01-01", "updated": "2099-01-01",
+           "purposes": [{"id": "necessary", "required": True},
+                        {"id": "statistics", "categories": sorted(old["statistics"].categories | {"language"}),
+                         "retention_days": 500},
+                        {"id": "personalisation"}, {"id": "marketing"}]}
+    new = Policy.from_dict(raw, base=old)
+    ClickHouseSink(chdb_dsn, Schema(new, database)).apply_migration()
+    stale = ClickHouseSink(chdb_dsn, Schema(old, database))
+    with pytest.raises(NewerSchema, match="'2099-01-01', newer than this policy's"):
+        stale.apply_migration()
+    stale.client()  # the app: a warning, and it serves with the newer schema
+    create = ch.query(f"SHOW CREATE TABLE {database}.events_statistics").result_rows[0][0]
+    assert "toIntervalDay(500)" in create and "`language`" in create
+    versions = ch.query(f"SELECT policy_version FROM {database}.schema_migrations").result_rows
+    assert versions == [("2099-01-01",)]
+
+
+def test_policy_versions_order_naturally() -> None:
+    ordered = ["1", "1.9", "1.10", "2026-01-31", "2026-11-21", "2026-12-01", "v2", "v10"]
+    assert sorted(reversed(ordered), key=version_key) == ordered
 
 
 def test_every_column_type_has_an_arrow_type() -> None:
