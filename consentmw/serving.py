@@ -85,3 +85,13 @@ def stop_supervisor(reason: str) -> None:
             pass
     if server.name == "hypercorn":
         os._exit(3)
+
+
+def gunicorn_child_exit(server: object, worker: object) -> None:
+    """gunicorn `child_exit` hook: forget an exited worker's live gauges in /metrics
+    (prometheus-client multiprocess mode). In gunicorn.conf.py:
+    `from consentmw.serving import gunicorn_child_exit as child_exit`."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(getattr(worker, "pid"))

@@ -12,11 +12,13 @@ from __future__ import annotations
 import hmac
 from typing import Any, Iterator
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from consentmw.web.api import ConsentAPI
 from consentmw.web.http import HTTPProblem, header
+from consentmw.web.shared_metrics import SharedMetrics, enabled as shared_metrics_enabled
 
 #: health() keys exported as Prometheus counters (monotonic) and gauges.
 COUNTERS = {
@@ -89,6 +91,10 @@ def register(api: ConsentAPI) -> None:
     collector = api.collector
     registry = CollectorRegistry(auto_describe=False)
     registry.register(HealthCollector(collector))  # type: ignore[arg-type]
+    # Several worker processes (PROMETHEUS_MULTIPROC_DIR set): every worker's numbers, summed.
+    shared = SharedMetrics(collector, COUNTERS, GAUGES) if shared_metrics_enabled() else None
+    if shared is not None and hasattr(collector, "writer"):
+        collector.writer.housekeeping.append(shared.sync)
 
     def guard(request: Request) -> None:
         token = settings.admin_token
@@ -116,8 +122,9 @@ def register(api: ConsentAPI) -> None:
             guard(request)
         except HTTPProblem as problem:
             return _unauthorised(problem)
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST,
-                        headers={"Cache-Control": "no-store"})
+        # Multiprocess mode reads every worker's files: off the event loop.
+        body = await run_in_threadpool(shared.exposition) if shared is not None else generate_latest(registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST, headers={"Cache-Control": "no-store"})
 
     api.add("GET", "/health", health)
     api.add("GET", "/metrics", metrics)
