@@ -10,6 +10,7 @@ the banner needs no inline script or style. Data goes to the embedded chDB store
 from __future__ import annotations
 
 import json
+import os
 import secrets
 from html import escape
 from pathlib import Path
@@ -20,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from consentmw.demo_geo import build_demo_geoip
 from consentmw.middleware import ConsentMiddleware
 from consentmw.rights.profile import get_profile
 
@@ -53,8 +55,9 @@ body{font:17px/1.55 system-ui,sans-serif;margin:0;color:#1b1b1b;background:#fafa
 header,main,footer{max-width:46rem;margin:auto;padding:1rem}
 header nav a{margin-right:1rem}
 a{color:#0b57d0}
-#recommended:empty,#ad-slot:empty{display:none}
-#ad-slot{border:1px dashed #767676;padding:.5rem;margin:1rem 0}
+#recommended:empty{display:none}
+/* the ad slot keeps its size whether or not the partner script fills it: no layout shift */
+#ad-slot{box-sizing:border-box;height:4.5rem;overflow:hidden;border:1px dashed #767676;padding:.5rem;margin:1rem 0;color:#4d4d4d}
 footer{color:#4d4d4d;font-size:.9em;padding-bottom:4rem}
 """
 
@@ -65,6 +68,15 @@ window.dataLayer = window.dataLayer || [];
 function gtag() { dataLayer.push(arguments); }
 
 // SPA-style navigation on /spa: swap the content and push a new address, no page load
+// a custom event for the statistics ("Subscribe" on the home page); nothing is sent without consent
+document.addEventListener("click", function (e) {
+  var b = e.target.closest("[data-track]");
+  if (b && window.consentmw) {
+    consentmw.track(b.getAttribute("data-track"), {place: location.pathname});
+    b.textContent = "Thank you!";
+  }
+});
+
 document.addEventListener("DOMContentLoaded", function () {
   var box = document.getElementById("spa-content"), data = document.getElementById("spa-data");
   if (!box || !data) return;
@@ -117,10 +129,33 @@ async def recommended_block(request: Request) -> str:
             f"(personalisation is on; switch it off in Privacy settings).</p>{body}")
 
 
+LANGUAGES = ("en", "ru", "kk")
+
+
+def page_language(request: Request) -> str:
+    """`?lang=` if given, else the browser's first supported language (Accept-Language, by
+    q-value), else English: the page's <html lang> and so the banner's language."""
+    asked = request.query_params.get("lang")
+    if asked in LANGUAGES:
+        return asked
+    ranked: list[tuple[float, int, str]] = []
+    for i, part in enumerate((request.headers.get("accept-language") or "").split(",")[:32]):
+        tag, _, params = part.strip().partition(";")
+        q = 1.0
+        if params.strip().startswith("q="):
+            try:
+                q = float(params.strip()[2:])
+            except ValueError:
+                continue
+        base = tag.strip().lower().split("-")[0]
+        if base in LANGUAGES and q > 0:
+            ranked.append((-q, i, base))
+    return min(ranked)[2] if ranked else "en"
+
+
 async def page(request: Request, title: str, body: str, status: int = 200) -> HTMLResponse:
     nonce = secrets.token_urlsafe(16)
-    lang = request.query_params.get("lang", "en")
-    lang = lang if lang in ("en", "ru", "kk") else "en"
+    lang = page_language(request)
     consent = request.state.consent
     granted = ", ".join(sorted(consent.granted))
     html = f"""<!doctype html>
@@ -140,7 +175,7 @@ async def page(request: Request, title: str, body: str, status: int = 200) -> HT
 <h1>{escape(title)}</h1>
 {body}
 <div id="recommended">{await recommended_block(request)}</div>
-<div id="ad-slot"></div>
+<div id="ad-slot">Advertising space: a partner's ad appears here only with marketing consent.</div>
 </main>
 <footer><p>Server-side view of your consent: <span id="server-granted">{escape(granted)}</span>.
 <a href="/privacy">Privacy policy</a>.</p></footer>
@@ -162,8 +197,11 @@ async def home(request: Request) -> Response:
 <p>This demo records page views only after you allow statistics, and only the fields
 the statistics purpose lists. Try the banner, then the "Privacy settings" button.</p>
 <h2>Articles</h2><ul>{items}</ul>
-<p>An outbound link (counted as a click with statistics consent):
-<a href="https://example.org/">example.org</a>.</p>""")
+<p>From a newsletter (a campaign link):
+<a href="/articles/consent-that-holds-up?utm_source=newsletter&amp;utm_medium=email&amp;utm_campaign=launch">Consent that holds up</a>.
+An outbound link (counted as a click with statistics consent):
+<a href="https://example.org/">example.org</a>.</p>
+<p><button type="button" data-track="subscribe">Subscribe to the newsletter</button> (a custom event)</p>""")
 
 
 async def article(request: Request) -> Response:
@@ -221,7 +259,11 @@ def create_app(data_dir: str | None = None, dsn: str | None = None, database: st
                **middleware_options: Any) -> ConsentMiddleware:
     """The demo site wrapped in `ConsentMiddleware`, storing to chDB at `data_dir`
     (default ./consentmw-data) unless `dsn` names another store. Extra keyword
-    arguments go to the middleware (e.g. `flush_interval=0.2`, `spool_dir=...`)."""
+    arguments go to the middleware (e.g. `flush_interval=0.2`, `spool_dir=...`).
+
+    Without a `geoip_db` (argument or CONSENTMW_GEOIP_DB), a tiny demo database that places
+    127.0.0.1 and the private ranges in a few cities is built next to the data, so the
+    countries fill in for a visitor on localhost (needs mmdb-writer, in the `demo` extra)."""
     data = Path(data_dir or "consentmw-data").resolve()
     options: dict[str, Any] = {
         "secret_key": DEMO_SECRET,
@@ -230,6 +272,10 @@ def create_app(data_dir: str | None = None, dsn: str | None = None, database: st
         "spool_dir": str(data.parent / (data.name + "-spool")),
     }
     options.update(middleware_options)
+    if not options.get("geoip_db") and not os.environ.get("CONSENTMW_GEOIP_DB"):
+        built = build_demo_geoip(data.parent / (data.name + "-geo.mmdb"))
+        if built is not None:
+            options["geoip_db"] = str(built)
     return ConsentMiddleware(site(), **options)
 
 
