@@ -1,0 +1,1 @@
+"""Framework integrations: FastAPI dependencies (`fastapi`), Django settings and tags (`django`)."""
