@@ -47,7 +47,7 @@ def describe_lifetime(seconds: int | None) -> str:
     if seconds is None:
         return "session"
     for unit, size in (("year", 365 * 86400), ("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds >= size:
+        if seconds >= size * 0.95:   # a clock tick short of a day is still "1 day"
             n = round(seconds / size)
             return f"{n} {unit}{'s' if n != 1 else ''}"
     return f"{max(seconds, 0)} s"

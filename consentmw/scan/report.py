@@ -42,11 +42,15 @@ def summary(result: ScanResult, *, verbose: bool = False) -> str:
         if not found:
             continue
         lines.append(f"{title} ({len(found)}):")
+        # the same thing from the same source in several modes of one page: one entry
+        grouped: dict[tuple[str, str, str, str], list[str]] = {}
         for f in found:
-            lines.append(f"  {sev.upper() if sev == 'violation' else sev}  {_clean(f.page, 120)}  [{MODE_LABELS[f.mode]}]")
-            lines.append(f"      {_clean(f.thing)}" + (f"  = {_clean(f.known_as)}" if f.known_as else ""))
-            if f.source:
-                lines.append(f"      from: {_clean(f.source)}")
+            grouped.setdefault((f.page, f.thing, f.source, f.known_as), []).append(MODE_LABELS[f.mode])
+        for (page, thing, source, known), modes in grouped.items():
+            lines.append(f"  {sev.upper() if sev == 'violation' else sev}  {_clean(page, 120)}  [{', '.join(modes)}]")
+            lines.append(f"      {_clean(thing)}" + (f"  = {_clean(known)}" if known else ""))
+            if source:
+                lines.append(f"      from: {_clean(source)}")
     expected = by_sev["expected"]
     if expected:
         lines.append("after Accept all only (expected), by purpose:")

@@ -47,8 +47,8 @@ def hooks_source() -> str:
 
 @dataclass
 class VisitOptions:
-    page_timeout: float = 20.0      # seconds for a page load
-    banner_timeout: float = 5.0     # seconds for the banner to appear once its script ran
+    page_timeout: float = 30.0      # seconds for a page load
+    banner_timeout: float = 15.0    # seconds for the banner to appear (or answer) on a busy machine
     quiet: float = 0.3              # network silence that counts as settled
     settle_max: float = 4.0         # ... waited for at most this long
     ignore_https_errors: bool = False
@@ -365,7 +365,9 @@ class Visit:
                 via, source = "script", f"document.cookie in {rec.script_source(e.data.get('where', ''), e.data.get('frame_url', ''))}"
             elif e.kind == "cookiestore":
                 host = urlsplit(e.data.get("frame_url", "")).hostname or rec.host
-                w = cookie_text.parse(f"{e.data.get('name', '')}=x; domain={e.data.get('domain') or host}", host, now)
+                expires = e.data.get("expires")
+                age = f"; max-age={int(expires / 1000 - now)}" if isinstance(expires, (int, float)) else ""
+                w = cookie_text.parse(f"{e.data.get('name', '')}=x; domain={e.data.get('domain') or host}{age}", host, now)
                 via, source = "script", f"cookieStore.set in {rec.script_source(e.data.get('where', ''), e.data.get('frame_url', ''))}"
             else:
                 continue

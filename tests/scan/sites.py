@@ -51,6 +51,9 @@ def first_party_app(third: str) -> Starlette:
 <script>
 document.cookie = "_ga=GA1.1.12345.67890; max-age=63072000; path=/";
 localStorage.setItem("analytics_visitor", "12345");
+cookieStore.set({name: "_gid", value: "GA1.1.1", expires: Date.now() + 86400000});
+sessionStorage.setItem("session_replay", "on");
+indexedDB.open("tracker-db");
 </script>""")
     route("/iframe", "Video embed", f"""<p>An embed from another site.</p>
 <iframe src="{third}/embed" title="video" width="300" height="150"></iframe>""")
@@ -60,6 +63,17 @@ localStorage.setItem("analytics_visitor", "12345");
     route("/nobanner", "No banner", "<p>This template forgot the banner.</p>", banner=False)
     route("/bad-gated", "Mislabelled gate", """<p>data-consent without type="text/plain" runs at once.</p>
 <script data-consent="statistics">window.badGate = 1;</script>""")
+    # Reject all is quietly turned into a grant of statistics on its way to the server
+    route("/sneaky", "Sneaky banner", """<script>
+const realFetch = window.fetch;
+window.fetch = (url, opts) => {
+  if (String(url).includes("/choice") && opts && opts.body) {
+    const body = JSON.parse(opts.body);
+    if (body.all === false) { delete body.all; body.granted = ["statistics"]; opts = {...opts, body: JSON.stringify(body)}; }
+  }
+  return realFetch(url, opts);
+};
+</script>""")
     route("/hostile", "Hostile names", """<script>
 localStorage.setItem("<img src=x onerror=alert(1)>", "1");
 document.cookie = "\\u001b[2Jevil=1; path=/";
@@ -68,7 +82,8 @@ document.cookie = "\\u001b[2Jevil=1; path=/";
     index = "".join(f'<li><a href="{p}">{t}</a></li>' for p, (t, _b, _n) in pages.items() if p != "/hostile")
     extra = (f'<li><a href="{third}/never">partner site (must never be crawled)</a></li>'
              '<li><a href="/files/report.pdf">a PDF</a></li><li><a href="mailto:x@example.org">mail</a></li>'
-             '<li><a href="/compliant#top">same page, a fragment</a></li>')
+             '<li><a href="/compliant#top">same page, a fragment</a></li>'
+             '<li><a href="/away">moved to the partner</a></li><li><a href="/feed">a text feed</a></li>')
 
     async def home(request: Request) -> Response:
         return _page("Test site", f"<ul>{index}{extra}</ul>")
@@ -86,8 +101,15 @@ document.cookie = "\\u001b[2Jevil=1; path=/";
     async def pdf(request: Request) -> Response:
         return Response(b"%PDF-1.4\n", media_type="application/pdf")
 
+    async def away(request: Request) -> Response:
+        return Response(status_code=302, headers={"Location": f"{third}/moved"})
+
+    async def feed(request: Request) -> Response:
+        return Response("not a page", media_type="text/plain")
+
     return Starlette(routes=[Route("/", home), *(Route(p, page) for p in pages),
-                             Route("/static/{name}", static), Route("/files/report.pdf", pdf)])
+                             Route("/static/{name}", static), Route("/files/report.pdf", pdf),
+                             Route("/away", away), Route("/feed", feed)])
 
 
 def third_party_app(hits: Counter[str]) -> Starlette:
@@ -121,7 +143,8 @@ new Image().src = location.protocol + "//" + document.currentScript.src.split("/
     async def never(request: Request) -> Response:
         return HTMLResponse("<p>partner</p>")
 
-    ROUTES = {"/tracker.js": tracker, "/collect": collect, "/embed": embed, "/ads.js": ads, "/never": never}
+    ROUTES = {"/tracker.js": tracker, "/collect": collect, "/embed": embed, "/ads.js": ads, "/never": never,
+              "/moved": never}
     return Starlette(routes=[Route(p, counted) for p in ROUTES])
 
 

@@ -75,6 +75,8 @@ def test_fail_on_violation_exits_non_zero_with_json_and_html(test_site: ScanSite
               "--json", str(out_json), "--html", str(out_html))
     assert res.returncode == 1, res.stdout + res.stderr
     assert "VIOLATIONS (4):" in res.stdout and "FAIL: 4 violation(s)" in res.stdout
+    # one entry per thing and source, naming both modes it happened in
+    assert res.stdout.count("/ungated  [no choice yet, after Reject all]") == 2
     assert "= Meta Pixel" in res.stdout and f"from: document.cookie in script {test_site.third}/tracker.js:1" in res.stdout
     data = json.loads(out_json.read_text())
     assert data["summary"]["violation"] == 4 and data["summary"]["pages"] == 1
@@ -154,14 +156,14 @@ def test_site_without_consentmw_lists_what_is_set_before_interaction(test_site: 
     assert "this site has no consentmw banner: listing what its pages set before any interaction" in out
     assert "cookie sessionid (127.0.0.1, first-party, session)" in out and "Set-Cookie in the response to" in out
     assert "cookie _fbp" in out and "request to 127.0.0.2" in out
-    assert "[after Reject all]" not in out    # nothing to click: only the first visit is judged
+    assert "after Reject all]" not in out    # nothing to click: only the first visit is judged
 
 
 @pytest.mark.browser
 def test_declared_necessary_cookie_is_not_a_violation(test_site: ScanSite, tmp_path: Path) -> None:
     policy = tmp_path / "consent.toml"
     policy.write_text('version = "t1"\nupdated = 2026-11-30\n'
-                      '[[purposes]]\nid = "necessary"\nrequired = true\ncookies = ["_ga"]\nstorage = ["analytics_*"]\n'
+                      '[[purposes]]\nid = "necessary"\nrequired = true\ncookies = ["_ga", "_g?d"]\nstorage = ["analytics_*", "session_*", "tracker-db"]\n'
                       '[purposes.texts.en]\ntitle = "Necessary"\n'
                       '[[purposes]]\nid = "statistics"\n[purposes.texts.en]\ntitle = "Statistics"\n')
     res = cli("scan", test_site.url + "/analytics-cookie", "--max-pages", "1", "--policy", str(policy),
@@ -241,6 +243,7 @@ def test_scans_localhost_by_name(test_site: ScanSite, tmp_path: Path) -> None:
     out = tmp_path / "s.json"
     port = test_site.url.rsplit(":", 1)[1]
     res = cli("scan", f"http://localhost:{port}/compliant", "--max-pages", "1", "--fail-on", "violation",
+              "--browser", "/usr/bin/chromium",
               "--json", str(out))
     assert res.returncode == 0, res.stdout + res.stderr
     reject = json.loads(out.read_text())["pages"][0]["observations"]["reject"]

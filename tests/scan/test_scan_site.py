@@ -36,7 +36,8 @@ def test_crawls_same_origin_pages_breadth_first(scanned: Any) -> None:
     result, site, _ = scanned
     urls = [p.url for p in result.pages]
     assert urls[0] == site.url + "/"
-    expected = {"/compliant", "/ungated", "/analytics-cookie", "/iframe", "/gated", "/nobanner", "/bad-gated"}
+    expected = {"/compliant", "/ungated", "/analytics-cookie", "/iframe", "/gated", "/nobanner", "/bad-gated",
+                "/sneaky", "/away", "/feed"}
     assert {u[len(site.url):] for u in urls} == {"/"} | expected   # /hostile is linked from nowhere
     assert all(p.depth == 1 for p in result.pages[1:])
     assert not any(".pdf" in u or "mailto" in u or "#" in u for u in urls)
@@ -86,8 +87,18 @@ def test_first_party_analytics_cookie_set_by_javascript(scanned: Any) -> None:
     assert cookie.thing == "cookie _ga (127.0.0.1, first-party, 2 years)"
     assert cookie.known_as == "Google Analytics"
     assert cookie.source == "document.cookie in an inline <script> (line 8)"
-    storage = next(f for f in found if f.kind == "storage")
-    assert "localStorage 'analytics_visitor'" in storage.thing and "inline <script> (line 9)" in storage.source
+    gid = [f for f in found if f.kind == "cookie" and "_gid" in f.thing]
+    assert len(gid) == 1 and gid[0].thing == "cookie _gid (127.0.0.1, first-party, 1 day)"
+    assert gid[0].source == "cookieStore.set in an inline <script> (line 10)"
+    storage = {f.thing: f.source for f in found if f.kind == "storage"}
+    assert storage == {
+        "localStorage 'analytics_visitor' (" + page(result, "/analytics-cookie").url.rsplit("/", 1)[0] + ")":
+            "an inline <script> (line 9)",
+        "sessionStorage 'session_replay' (" + page(result, "/analytics-cookie").url.rsplit("/", 1)[0] + ")":
+            "an inline <script> (line 11)",
+        "indexedDB 'tracker-db' (" + page(result, "/analytics-cookie").url.rsplit("/", 1)[0] + ")":
+            "an inline <script> (line 12)",
+    }
     assert {f.kind for f in findings(result, "/analytics-cookie", "violation", "reject")} == {"cookie", "storage"}
 
 
@@ -138,5 +149,24 @@ def test_site_level_summary(scanned: Any) -> None:
     result, _, _ = scanned
     assert result.consentmw_banner
     assert result.count("violation") == sum(len(findings(result, p, "violation")) for p in
-                                            ("/ungated", "/analytics-cookie", "/iframe", "/bad-gated"))
+                                            ("/ungated", "/analytics-cookie", "/iframe", "/bad-gated", "/sneaky"))
     assert not result.stopped
+
+
+def test_reject_all_that_grants_something_is_a_broken_banner(scanned: Any) -> None:
+    result, _, _ = scanned
+    p = page(result, "/sneaky")
+    assert [(f.severity, f.kind, f.mode, f.source) for f in p.findings if f.severity != "expected"] == [
+        ("violation", "banner_broken", "reject", "Reject all granted statistics")]
+    assert p.observations["reject"].banner.granted == ("necessary", "statistics")
+
+
+def test_redirect_to_another_origin_and_non_html_are_not_judged(scanned: Any) -> None:
+    result, site, hits = scanned
+    away = page(result, "/away")
+    assert away.observations["none"].error.startswith(f"redirected to another origin: {site.third}/moved")
+    assert away.findings == [] and away.observations["reject"].skipped == "the page did not load"
+    assert hits.get("/moved") == 1          # the site's own redirect, followed once, never crawled further
+    feed = page(result, "/feed")
+    assert not feed.observations["none"].is_page and feed.findings == []
+    assert feed.observations["accept"].skipped == "not an HTML page"

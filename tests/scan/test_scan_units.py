@@ -67,6 +67,7 @@ def test_parse_cookie_strings() -> None:
     assert parse("", "h", 0) is None
     assert describe_lifetime(None) == "session" and describe_lifetime(2 * 365 * 86400) == "2 years"
     assert describe_lifetime(90 * 86400) == "90 days" and describe_lifetime(30) == "30 s"
+    assert describe_lifetime(86399) == "1 day" and describe_lifetime(3600 * 20) == "20 hours"
 
 
 # -- the tracker list ---------------------------------------------------------------------
