@@ -30,7 +30,7 @@ def _kpi(kpi: KPI, days: int) -> str:
     change = kpi.change
     span = "the previous day" if days == 1 else f"the previous {days} days"
     if change is None:
-        said = "was 0" if kpi.previous == 0 and kpi.value else "no data for"
+        said = "was 0 over" if kpi.previous == 0 and kpi.value else "no data for"
         delta = f'<span class="delta flat">{said} {esc(span)}</span>'
     else:
         good = (change > 0) == (kpi.better == "up")
@@ -111,21 +111,25 @@ def _form(data: Dashboard) -> str:
     sources = "".join(f'<option value="{esc(r[0])}"></option>' for r in data.tables.get("sources", []))
     pages = "".join(f'<option value="{esc(r[0])}"></option>' for r in data.tables.get("pages", []))
 
+    def field(name: str, label: str, control: str) -> str:
+        return f'<div class="field"><label for="f-{name}">{label}</label>{control}</div>'
+
     def text(name: str, label: str, listed: str, placeholder: str) -> str:
-        return (f'<label>{label}<input name="{name}" value="{esc(getattr(f, name))}" list="{name}-list" '
-                f'placeholder="{placeholder}" autocomplete="off"></label><datalist id="{name}-list">{listed}</datalist>')
+        return field(name, label, f'<input id="f-{name}" name="{name}" value="{esc(getattr(f, name))}" '
+                                  f'list="{name}-list" placeholder="{placeholder}" autocomplete="off">'
+                                  f'<datalist id="{name}-list">{listed}</datalist>')
 
     active = "".join(f'<a class="chip" href="{esc(f.query(**{k: ""}))}" aria-label="Remove filter {k}: {esc(v)}">'
                      f'{k}: {esc(v)} <span aria-hidden="true">×</span></a>' for k, v in f.active.items())
     return f"""<form class="filters" method="get" aria-label="Date range and filters">
-<label>Range<select name="range">{ranges}</select></label>
-<label>From<input type="date" name="from" value="{f.start.isoformat()}"></label>
-<label>To<input type="date" name="to" value="{f.end.isoformat()}"></label>
-<label>Site<select name="site"><option value="">All sites</option>{sites}</select></label>
+{field("range", "Range", f'<select id="f-range" name="range">{ranges}</select>')}
+{field("from", "From", f'<input id="f-from" type="date" name="from" value="{f.start.isoformat()}">')}
+{field("to", "To", f'<input id="f-to" type="date" name="to" value="{f.end.isoformat()}">')}
+{field("site", "Site", f'<select id="f-site" name="site"><option value="">All sites</option>{sites}</select>')}
 {text("page", "Page", pages, "/path")}
 {text("source", "Source", sources, "any")}
 {text("country", "Country", countries, "DE")}
-<label>Device<select name="device"><option value="">All devices</option>{devices}</select></label>
+{field("device", "Device", f'<select id="f-device" name="device"><option value="">All devices</option>{devices}</select>')}
 <button type="submit">Apply</button>
 </form>{f'<p class="chips">{active}</p>' if active else ""}"""
 
@@ -211,10 +215,11 @@ h1{margin:0;font-size:24px}h2{margin:0 0 10px;font-size:15px}
 a{color:var(--accent)}
 .filters{display:flex;flex-wrap:wrap;gap:8px 12px;align-items:end;margin:16px 0 8px;padding:12px;
 background:var(--card);border:1px solid var(--line);border-radius:10px}
-.filters label{display:flex;flex-direction:column;font-size:12px;color:var(--muted);gap:2px;min-width:0}
+.field,.filters label.field{display:flex;flex-direction:column;gap:2px;min-width:0}
+.filters label{font-size:12px;color:var(--muted)}
 .filters input,.filters select,.filters button{font:inherit;font-size:14px;padding:5px 8px;border:1px solid var(--line);
 border-radius:6px;background:var(--bg);color:var(--fg);min-height:34px}
-.filters input{width:9.5em}.filters input[type=date]{width:auto}
+.filters input{width:8em}.filters input[type=date]{width:auto}
 .filters button{background:var(--accent);color:var(--card);border-color:var(--accent);font-weight:600;cursor:pointer}
 :focus-visible{outline:3px solid var(--accent);outline-offset:2px}
 .chips{display:flex;flex-wrap:wrap;gap:6px;margin:0 0 8px}

@@ -3,8 +3,9 @@
 Every panel reads the statistics table directly (not the daily views), because the
 filters (page, source, country, device) are finer than the views' grain. The rules are
 the views' rules: only pages served successfully count as page views, blocked visitors
-are left out. A *visit* is one visitor on one day (`toDate(ts), visitor_hash`): the
-visitor code changes daily by design, so "visitors" over a range are visitor-days.
+are left out. A *visit* is one visitor on one day: the visitor code (`visitor_hash`)
+changes daily by design, so counting distinct codes over a range counts visitor-days, and
+grouping by the code groups one visitor's page views of one day.
 
 The SQL is written against `consentmw.` (replaced by the configured database) and takes
 ClickHouse query parameters (`{start:DateTime64(3)}`); `/*filters*/` is replaced by one
@@ -36,20 +37,20 @@ FILTER_SQL = {
     "page": "AND path = {page:String}",
     "country": "AND country = {country:String}",
     "device": "AND device = {device:String}",
-    "source": ("AND (toDate(ts), visitor_hash) IN (SELECT toDate(ts), visitor_hash FROM consentmw.events_statistics "
+    "source": ("AND visitor_hash IN (SELECT visitor_hash FROM consentmw.events_statistics "
                f"WHERE ts >= {{prev_start:DateTime64(3)}} AND ts < {{end:DateTime64(3)}} AND {PAGEVIEW} "
-               f"GROUP BY toDate(ts), visitor_hash HAVING argMin({SOURCE}, ts) = {{source:String}})"),
+               f"GROUP BY visitor_hash HAVING argMin({SOURCE}, ts) = {{source:String}})"),
 }
 
 SQL: dict[str, str] = {
     # KPIs of this period (current = 1) and of the previous one of the same length (current = 0)
     "kpis": f"""SELECT day >= {{start_day:Date}} AS current, count() AS visits, sum(views) AS pageviews,
        countIf(views = 1) AS bounces
-FROM (SELECT toDate(ts) AS day, visitor_hash, count() AS views
+FROM (SELECT visitor_hash, toDate(min(ts)) AS day, count() AS views
       FROM consentmw.events_statistics
       WHERE ts >= {{prev_start:DateTime64(3)}} AND ts < {{end:DateTime64(3)}} AND {PAGEVIEW}
         AND {NOT_BLOCKED} /*filters*/
-      GROUP BY day, visitor_hash)
+      GROUP BY visitor_hash)
 GROUP BY current""",
     # share of consent decisions (first choices and changes) that granted statistics
     "consent": f"""SELECT toDate(ts) >= {{start_day:Date}} AS current, count() AS decisions,
@@ -66,38 +67,38 @@ GROUP BY day ORDER BY day""",
 FROM consentmw.events_statistics
 WHERE {PERIOD} AND {PAGEVIEW} AND {NOT_BLOCKED} /*filters*/
 GROUP BY hour ORDER BY hour""",
-    "pages": f"""SELECT path, uniqExact(toDate(ts), visitor_hash) AS visitors, count() AS pageviews
+    "pages": f"""SELECT path, uniqExact(visitor_hash) AS visitors, count() AS pageviews
 FROM consentmw.events_statistics
 WHERE {PERIOD} AND {PAGEVIEW} AND {NOT_BLOCKED} /*filters*/
 GROUP BY path ORDER BY pageviews DESC, path LIMIT 10""",
     "sources": f"""SELECT source, count() AS visits, sum(views) AS pageviews
-FROM (SELECT toDate(ts) AS day, visitor_hash, argMin({SOURCE}, ts) AS source, count() AS views
+FROM (SELECT visitor_hash, argMin({SOURCE}, ts) AS source, count() AS views
       FROM consentmw.events_statistics
       WHERE {PERIOD} AND {PAGEVIEW} AND {NOT_BLOCKED} /*filters*/
-      GROUP BY day, visitor_hash)
+      GROUP BY visitor_hash)
 GROUP BY source ORDER BY visits DESC, source LIMIT 10""",
-    "campaigns": f"""SELECT utm_campaign, uniqExact(toDate(ts), visitor_hash) AS visitors, count() AS pageviews
+    "campaigns": f"""SELECT utm_campaign, uniqExact(visitor_hash) AS visitors, count() AS pageviews
 FROM consentmw.events_statistics
 WHERE {PERIOD} AND {PAGEVIEW} AND utm_campaign != '' AND {NOT_BLOCKED} /*filters*/
 GROUP BY utm_campaign ORDER BY pageviews DESC, utm_campaign LIMIT 10""",
-    "countries": f"""SELECT country, uniqExact(toDate(ts), visitor_hash) AS visitors, count() AS pageviews
+    "countries": f"""SELECT country, uniqExact(visitor_hash) AS visitors, count() AS pageviews
 FROM consentmw.events_statistics
 WHERE {PERIOD} AND {PAGEVIEW} AND {NOT_BLOCKED} /*filters*/
 GROUP BY country ORDER BY pageviews DESC, country LIMIT 10""",
-    "devices": f"""SELECT device, uniqExact(toDate(ts), visitor_hash) AS visitors, count() AS pageviews
+    "devices": f"""SELECT device, uniqExact(visitor_hash) AS visitors, count() AS pageviews
 FROM consentmw.events_statistics
 WHERE {PERIOD} AND {PAGEVIEW} AND {NOT_BLOCKED} /*filters*/
 GROUP BY device ORDER BY pageviews DESC, device LIMIT 10""",
-    "browsers": f"""SELECT browser, uniqExact(toDate(ts), visitor_hash) AS visitors, count() AS pageviews
+    "browsers": f"""SELECT browser, uniqExact(visitor_hash) AS visitors, count() AS pageviews
 FROM consentmw.events_statistics
 WHERE {PERIOD} AND {PAGEVIEW} AND {NOT_BLOCKED} /*filters*/
 GROUP BY browser ORDER BY pageviews DESC, browser LIMIT 10""",
-    "links": f"""SELECT concat(link_host, link_path) AS link, uniqExact(toDate(ts), visitor_hash) AS visitors,
+    "links": f"""SELECT concat(link_host, link_path) AS link, uniqExact(visitor_hash) AS visitors,
        count() AS clicks
 FROM consentmw.events_statistics
 WHERE {PERIOD} AND event_type = 'click' AND {NOT_BLOCKED} /*filters*/
 GROUP BY link ORDER BY clicks DESC, link LIMIT 10""",
-    "events": f"""SELECT event_name, uniqExact(toDate(ts), visitor_hash) AS visitors, count() AS events
+    "events": f"""SELECT event_name, uniqExact(visitor_hash) AS visitors, count() AS events
 FROM consentmw.events_statistics
 WHERE {PERIOD} AND event_type = 'custom' AND {NOT_BLOCKED} /*filters*/
 GROUP BY event_name ORDER BY events DESC, event_name LIMIT 10""",

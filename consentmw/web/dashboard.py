@@ -61,7 +61,8 @@ def _sign_in_page(stylesheet: str, message: str = "") -> str:
 <meta name="robots" content="noindex"><title>Sign in · consentmw dashboard</title>
 <link rel="stylesheet" href="{esc(stylesheet)}"></head>
 <body><main><h1>consentmw dashboard</h1>
-<form class="filters" method="post"><label>Admin token<input type="password" name="token" autocomplete="current-password" required></label>
+<form class="filters" method="post"><div class="field"><label for="token">Admin token</label>
+<input id="token" type="password" name="token" autocomplete="current-password" required></div>
 <button type="submit">Sign in</button></form>{note}
 <p class="sub">The token is the site's <code>admin_token</code> (<code>CONSENTMW_ADMIN_TOKEN</code>).</p></main></body></html>
 """

@@ -127,6 +127,6 @@ async def test_kpis_and_changes_are_exact(make_app: Any, ch: Any, database: str)
     deltas = re.findall(r'<span class="delta (\w+)"><span aria-hidden="true">(.)</span> ([^<]+)<', r.text)
     # visitors 2 vs 1, page views 4 vs 2, 2.00 views per visit both days, opt-in 67% vs 100%
     assert deltas == [("good", "▲", "+100% "), ("good", "▲", "+100% "), ("flat", "=", "0% "), ("bad", "▼", "−33% ")]
-    assert "was 0 the previous day" in r.text  # bounce rate: 0% yesterday, no relative change
+    assert "was 0 over the previous day" in r.text  # bounce rate: 0% yesterday, no relative change
     # the hourly chart has today's four page views in the first hour, the 404 nowhere
     assert ">00:00: 4 page views<" in r.text and "/missing" not in r.text
