@@ -25,17 +25,25 @@ def client(mw: Any, **headers: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=transport, base_url="http://site.test", headers=headers)
 
 
+def ready(mw: Any) -> Any:
+    """Create the schema now: the collector's background thread, started by the first
+    request under the prefix, then finds it made and runs no DDL while the test's
+    database is being dropped."""
+    mw.collector.sink.client()
+    return mw
+
+
 def bearer() -> dict[str, str]:
     return {"authorization": f"Bearer {TOKEN}"}
 
 
 async def test_disabled_without_a_token(make_app: Any) -> None:
-    async with client(make_app(site())) as c:
+    async with client(ready(make_app(site()))) as c:
         assert (await c.get("/_consent/admin/dashboard")).status_code == 404
 
 
 async def test_token_cookie_and_sign_in(make_app: Any) -> None:
-    mw = make_app(site(), admin_token=TOKEN)
+    mw = ready(make_app(site(), admin_token=TOKEN))
     async with client(mw) as c:
         r = await c.get("/_consent/admin/dashboard")
         assert r.status_code == 401 and 'name="token"' in r.text and "Visitors" not in r.text
@@ -79,7 +87,7 @@ async def test_token_cookie_and_sign_in(make_app: Any) -> None:
     ("device=toaster", "device: one of"),
 ])
 async def test_bad_filters_are_400_with_a_reason(make_app: Any, query: str, reason: str) -> None:
-    mw = make_app(site(), admin_token=TOKEN)
+    mw = ready(make_app(site(), admin_token=TOKEN))
     async with client(mw, **bearer()) as c:
         r = await c.get(f"/_consent/admin/dashboard?{query}")
         assert r.status_code == 400 and reason in r.json()["error"]
