@@ -107,7 +107,7 @@
   // Accept and Reject: the same button, side by side; anything else is secondary
   const acts = (...more) => h("div", { class: "cmw-a" }, btn("accept_all", () => pick(true)), btn("reject_all", no), ...more);
 
-  // first layer: closing it (× or Esc) refuses every optional purpose; m: a status line to show
+  // first layer: closing it (× or Esc) refuses every optional purpose; m: news to say first (read with the text)
   const first = m => rd().then(() => {
     if (rec || bn || dlg) return;
     back = D.activeElement;
@@ -115,8 +115,8 @@
       class: "cmw-b", role: "dialog", "aria-labelledby": "cmw-t", "aria-describedby": "cmw-d", tabindex: -1,
       // a block body: an on* handler returning false would cancel the key (and Tab)
       onkeydown: e => { e.key == "Escape" && no(); },
-    }, x(no), h("h2", { id: "cmw-t" }, t("title")), m && h("p", { class: "cmw-n", role: "status" }, m),
-      h("p", { id: "cmw-d" }, t("body")), note(), acts(btn("settings", show, "cmw-btn cmw-2"))));
+    }, x(no), h("h2", { id: "cmw-t" }, t("title")),
+      h("p", { id: "cmw-d" }, m && h("strong", {}, m + " "), t("body")), note(), acts(btn("settings", show, "cmw-btn cmw-2"))));
     bn.focus();
   });
 
@@ -142,7 +142,7 @@
       sure = (k, f) => h("button", { class: "cmw-k", onclick: e => {
         const row = e.target.parentNode, was = [...row.childNodes],
           c = h("button", { class: "cmw-k", onclick: () => { row.replaceChildren(...was); e.target.focus(); } }, t("cancel"));
-        row.replaceChildren(h("span", {}, t("sure")), h("button", { class: "cmw-k", onclick: () => f().catch(fail) }, t(k)), c);
+        row.replaceChildren(h("span", { role: "alert" }, t("sure")), h("button", { class: "cmw-k", onclick: () => f().catch(fail) }, t(k)), c);
         c.focus();
       } }, t(k));
     const rows = S.purposes.map(p => {
