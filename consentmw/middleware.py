@@ -61,6 +61,7 @@ class ConsentMiddleware:
                  spool_dir: str | None = None, admin_token: str | None = None, database: str | None = None,
                  cluster: str | None = None, prefix: str | None = None, cookie_domain: str | None = None,
                  cookie_max_age: int | None = None, cookie_secure: bool | None = None,
+                 revocation_refresh: float | None = None,
                  trusted_proxies: str | Sequence[str] | None = None, forwarded_header: str | None = None,
                  allowed_origins: str | Sequence[str] | None = None, collect: bool | None = None,
                  exclude_paths: Sequence[str] | None = None, include_paths: Sequence[str] | None = None,

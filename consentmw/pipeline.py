@@ -105,6 +105,8 @@ class Collector:
         #: called with each page-view hit of a visitor who has a visitor id, as it is queued
         #: (the profile service shows a visitor their own latest views before they are stored)
         self.on_visitor_view: Callable[[Hit], None] | None = None
+        #: background helpers that live as long as the writer (start() / stop(timeout))
+        self.companions: list[Any] = []
         self._start_lock = threading.Lock()
         self._atexit = False
         _LIVE.add(self)
@@ -143,6 +145,8 @@ class Collector:
                 return
             self.started = True
             self.writer.start()
+            for companion in self.companions:
+                companion.start()
             if not self._atexit:
                 # Servers that send no lifespan events: drain when the interpreter exits.
                 atexit.register(self.stop)
@@ -160,6 +164,8 @@ class Collector:
                 return
             self.started = False
             self.writer.stop(self.settings.shutdown_timeout if timeout is None else timeout)
+            for companion in self.companions:
+                companion.stop(2.0)
             if self.stats.last_error and not self.stats.sink_healthy:
                 log.warning("consentmw: stopped with the store unavailable (%s); %d bytes wait in the spool "
                             "at %s for the next process", self.stats.last_error, self.spool.bytes(),

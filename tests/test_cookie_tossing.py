@@ -115,12 +115,13 @@ def test_a_host_cookie_copied_under_the_plain_name_is_refused(offline: Factory) 
 def test_the_host_cookie_wins_over_a_planted_plain_one_and_the_choice_expires_it(offline: Factory) -> None:
     mw = offline()
     mine, planted = issue(mw, "statistics", host=True), issue(mw, "marketing")
+    my_id = mw.codec.decode(mine, host_name=True).id
     headers = cookie_header((COOKIE_NAME, planted), (HOST_COOKIE_NAME, mine))
     body = state(mw, headers, HTTPS["base_url"])
     assert body["consent"]["granted"] == ["necessary", "statistics"]
     r = req(mw, "POST", "/_consent/choice", json={"all": False}, base_url=HTTPS["base_url"],
             headers={**headers, **HTTPS["headers"]})
-    assert r.json()["consent"]["id"] == mw.codec.decode(mine, host_name=True).id  # still the visitor's own
+    assert r.json()["consent"]["id"] == my_id  # still the visitor's own
     names = [(cookie_attrs(h)[0].split("=")[0], cookie_attrs(h)[1].get("max-age")) for h in set_cookie_headers(r)]
     assert (COOKIE_NAME, "0") in names and names[-1][0] == HOST_COOKIE_NAME and names[-1][1] != "0"
 

@@ -160,8 +160,10 @@ async def test_delete_me_erases_every_table_including_aggregates(make_app: Any, 
     assert receipt["out_of_scope"] == ["events_statistics"] and "no stable identifier" in receipt["statistics"]
     # Nothing mentioning the old visitor id is left anywhere, aggregates included ...
     assert everything_mentioning(ch, database, a["visitor_id"]) == {}
-    # ... and the consent id survives only in the (scrubbed) ledger and the receipt-free tables.
-    assert everything_mentioning(ch, database, a["consent_id"], skip=("consent_log",)) == {}
+    # ... and the consent id survives only in the (scrubbed) ledger, and as the tombstone that
+    # keeps the erased consent's old cookies refused (a random id and a time, nothing else).
+    assert everything_mentioning(ch, database, a["consent_id"], skip=("consent_log", "revoked_consents")) == {}
+    assert q(ch, f"SELECT erase FROM {database}.revoked_consents WHERE consent_id = '{a['consent_id']}'") == [(1,)]
     [(vid, ua, ip)] = q(ch, f"SELECT visitor_id, user_agent, toString(ip) FROM {database}.consent_log "
                             f"WHERE consent_id = '{a['consent_id']}' AND action = 'grant'")
     assert (vid, ua, ip) == ("", "", "::")

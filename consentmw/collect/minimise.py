@@ -84,6 +84,9 @@ class Minimiser:
         #: Called between steps of a batch (each column of each table); the writer sets it to
         #: its GIL pacer so the event loop is never kept waiting for a whole batch.
         self.pause: Callable[[], None] = _no_pause
+        #: Set by `consentmw.rights`: when a consent id was erased (None: never). Its hits and
+        #: ledger details captured before then are dropped: they were in flight during the erasure.
+        self.erased: Callable[[str], float | None] | None = None
 
     def process(self, items: Iterable[Hit | ConsentRecord]) -> Tables:
         """Minimise and enrich a batch into one Arrow table per ClickHouse table (empty ones omitted)."""
@@ -144,12 +147,19 @@ class Minimiser:
         return tables
 
     def _blocked(self, batch: HitColumns, candidates: np.ndarray) -> np.ndarray:
-        """Hits of visitors who blocked processing (asked once per consent id in the batch)."""
-        blocked = self.blocked
-        if blocked is None or not candidates.any():
+        """Hits of visitors who blocked processing, and hits captured before their consent was
+        erased (asked once per consent id in the batch)."""
+        blocked, erased = self.blocked, self.erased
+        if (blocked is None and erased is None) or not candidates.any():
             return np.zeros(batch.size, dtype=bool)
         codes, ids = encode(batch.array("consent_id", pa.string()))
-        found = np.array([blocked(i) for i in ids], dtype=bool)[codes] & candidates
+        found = np.zeros(batch.size, dtype=bool)
+        if blocked is not None:
+            found |= np.array([blocked(i) for i in ids], dtype=bool)[codes]
+        if erased is not None:
+            cutoff = np.array([erased(i) or float("-inf") for i in ids], dtype=np.float64)[codes]
+            found |= batch.numbers("ts", np.float64) < cutoff
+        found &= candidates
         self.counts.blocked += int(found.sum())
         return found
 
@@ -174,6 +184,8 @@ class Minimiser:
     def _ledger(self, records: list[ConsentRecord]) -> pa.Table:
         """consent_log rows: the proof of each choice, with the address masked (ledger volume is tiny)."""
         client_ip = self.enricher.client_ip
+        if self.erased is not None:
+            records = [self._scrubbed(r) for r in records]
         columns: dict[str, list[Any]] = {name: [getattr(r, name) for r in records] for name in _LEDGER_AS_IS}
         columns["ts"] = [int(r.ts * 1000) for r in records]
         columns["granted"] = [list(r.granted) for r in records]
@@ -182,6 +194,14 @@ class Minimiser:
                          for r in records]
         columns["visitor_id"] = [r.visitor_id or "" for r in records]
         return to_arrow(LEDGER_TABLE, {name: columns[name] for name in LEDGER_COLUMNS})
+
+
+    def _scrubbed(self, record: ConsentRecord) -> ConsentRecord:
+        """A record of a consent erased after it was made keeps the choice, not the person."""
+        at = self.erased(record.consent_id) if self.erased is not None else None
+        if at is None or record.ts >= at:
+            return record
+        return replace(record, peer_ip="", forwarded_for="", user_agent="", visitor_id=None)
 
 
 #: consent_log columns stored exactly as the record holds them

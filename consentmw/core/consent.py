@@ -15,12 +15,13 @@ import hmac
 import os
 import time
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Sequence
 
 from itsdangerous import BadData, TimestampSigner
 from itsdangerous.encoding import base64_decode, base64_encode
 
 from consentmw.core.policy import Policy
+from consentmw.core.revocation import Revocations
 
 COOKIE_NAME = "consentmw"
 #: the name on HTTPS without a cookie domain: browsers accept a `__Host-` cookie only from
@@ -157,9 +158,9 @@ class ConsentCodec:
     so secrets can be rotated without logging visitors out. Format 1 cookies (seconds, no
     key id, no name) are still read until they expire.
 
-    `revoked` maps a consent id to the time (unix seconds) before which its cookies are
-    refused: a withdrawal or an erasure makes every older cookie of that consent invalid
-    (filled from the store by `consentmw.rights.revocation`).
+    `revocations` says which consents were changed, withdrawn or erased since a cookie was
+    given: such a cookie is refused although its signature is good (kept in step with the
+    store by `consentmw.rights.revocation`).
     """
 
     def __init__(self, secret_keys: str | Sequence[str], policy: Policy,
@@ -171,7 +172,7 @@ class ConsentCodec:
         self._signer = TimestampSigner(list(reversed(keys)), salt="consentmw.core.consent")
         #: ids of the verifying keys, the signing one first (served to banner.js)
         self.key_ids = [key_id(k) for k in keys]
-        self.revoked: Mapping[str, float] = {}
+        self.revocations = Revocations()
         self.policy = policy
         self.max_age = max_age
         self._cache: dict[str, ConsentState] = {}
@@ -245,16 +246,7 @@ class ConsentCodec:
         """Whether a verified cookie counts: under the name it was issued for, not revoked."""
         if state.host_cookie and not host_name:
             return False
-        if self.revoked:
-            before = self.revoked.get(state.id or "")
-            if before is not None and (state.given_at or 0.0) < before:
-                return False
-        return True
-
-    def revoked_state(self, state: ConsentState) -> bool:
-        """Whether a state's consent was withdrawn or erased after it was given."""
-        before = self.revoked.get(state.id or "") if self.revoked else None
-        return before is not None and (state.given_at or 0.0) < before
+        return not (self.revocations.before and self.revocations.refuses(state.id, state.given_at))
 
     def identify(self, value: str | None, *, host_name: bool = False) -> ConsentState | None:
         """Verify a cookie of any policy version: who this browser is, not what it allows.

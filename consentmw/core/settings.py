@@ -40,6 +40,7 @@ class Settings:
     cookie_domain: str | None = None
     cookie_max_age: int = 180 * 86400
     cookie_secure: bool | None = None          # None: Secure when the request is https
+    revocation_refresh: float = 2.0            # seconds between reads of other processes' withdrawals/erasures
     trusted_proxies: list[str] = field(default_factory=list)
     forwarded_header: str = "x-forwarded-for"  # or "forwarded" (RFC 7239): the one header the proxies set
     allowed_origins: list[str] = field(default_factory=list)
@@ -133,6 +134,8 @@ class Settings:
         prefix = values.get("prefix", "/_consent")
         if not prefix.startswith("/") or prefix.endswith("/") or len(prefix) < 2:
             raise SettingsError("prefix must start with '/' and not end with one, e.g. '/_consent'")
+        if int(values.get("cookie_max_age", 1)) > 400 * 86400:
+            raise SettingsError("cookie_max_age: at most 400 days (34560000 s), the longest lifetime browsers keep")
         for name in ("batch_size", "max_batch_size", "queue_size", "cookie_max_age"):
             if name in values and (not isinstance(values[name], int) or values[name] <= 0):
                 raise SettingsError(f"{name} must be a positive integer")

@@ -43,9 +43,11 @@ from consentmw.core.policy import Policy
 from consentmw.store.schema import LEDGER_RETENTION_DAYS
 from consentmw.store.views import PROFILE_READ, PROFILE_TABLE
 from consentmw.rights.blocklist import Blocklist
+from consentmw.rights.revocation import TABLE as REVOCATIONS
 
 if TYPE_CHECKING:  # pragma: no cover
     from consentmw.core.consent import ConsentState
+    from consentmw.rights.revocation import RevocationSync
     from consentmw.store.sink import ClickHouseSink
 
 #: Consent and visitor ids are URL-safe base64 (consent.new_id); anything else is refused.
@@ -59,6 +61,7 @@ LEDGER_NOTE = ("Your consent records (what you chose, when, under which policy v
                f"{LEDGER_RETENTION_DAYS // 365} years as proof of consent (GDPR art. 7(1)). Erasure removes the "
                "IP address, browser details and visitor id from them.")
 _ZERO_IP = "::"
+ERASE_RETRIES = 2  # deletions repeated when rows of another process arrived meanwhile
 
 
 class RightsError(RuntimeError):
@@ -137,7 +140,8 @@ class Rights:
 
     def __init__(self, sink: "ClickHouseSink", policy: Policy, secret: str, *,
                  proof: Callable[[str, float], str] | None = None,
-                 blocklist: Blocklist | None = None) -> None:
+                 blocklist: Blocklist | None = None, revocations: "RevocationSync | None" = None,
+                 flush_interval: float = 1.0) -> None:
         self.sink = sink
         self.policy = policy
         self.db = sink.database
@@ -145,6 +149,10 @@ class Rights:
         self._receipt_key = hashlib.sha256(("consentmw.erasure:" + secret).encode()).digest()
         self.proof = proof
         self.blocklist = blocklist or Blocklist(sink)
+        #: the running app's revocation list: an erasure refuses the subject's cookies first
+        self.revocations = revocations
+        #: seconds for every other process to learn of an erasure and flush what it holds
+        self.retry_after = (revocations.interval if revocations is not None else 2.0) + flush_interval + 0.5
         #: tables whose rows carry no stable id (purposes that keep no visitor id)
         self.unlinkable = {table_for(p.id): p for p in policy.collecting if "visitor_id" not in p.categories}
 
@@ -173,6 +181,8 @@ class Rights:
         out: dict[str, set[str]] = {}
         for table, cols in rows:
             name = table[:-len("_local")] if self.schema.cluster and table.endswith("_local") else table
+            if name == REVOCATIONS:
+                continue  # the tombstones that keep an erased consent's cookies refused: not personal data
             linkable = set(cols)
             if name in self.unlinkable:
                 linkable.discard("consent_id")  # a day-scoped proof token there, not an id
@@ -315,42 +325,40 @@ class Rights:
         return out
 
     # -- erase ----------------------------------------------------------------
-    def erase(self, subject: Subject, *, requested_by: str) -> dict[str, Any]:
-        """Delete the subject everywhere it is linkable, verify, and write a receipt."""
+    def erase(self, subject: Subject, *, requested_by: str, settle: Callable[[], None] | None = None,
+              before: float | None = None) -> dict[str, Any]:
+        """Stop collection for the subject, delete it everywhere it is linkable, verify, and
+        write a receipt.
+
+        Order matters while the visitor keeps browsing: first their consent ids are revoked
+        (cookies given before `before`, default now, are refused from here on, in this process
+        at once and in every other one once they refresh; hits of theirs still in flight are
+        dropped by the writer), then `settle` writes what the writer holds, then the rows are
+        deleted and the deletion verified.
+        """
         if subject.empty:
             raise ValueError("nothing identifies this visitor: no consent id or visitor id")
         started = time.perf_counter()
+        if self.revocations is not None:
+            at = time.time() if before is None else before
+            for consent_id in sorted(subject.consent_ids):
+                self.revocations.revocations.revoke(consent_id, at, erase=True)
+            self.revocations.save()  # other processes learn it from the store: must be there first
+        if settle is not None:
+            settle()
         counts: dict[str, int] = {}
-        found = self.tables()
-        on_cluster = self.schema.on_cluster
-        for table, cols in found.items():
-            if table == LEDGER:
-                continue
-            pred = self._predicate(subject, cols)
-            if pred is None:
-                continue
-            n = self._q(f"SELECT count() FROM {self.db}.{table} WHERE {pred}").result_rows[0][0]
-            counts[table] = int(n)
-            if n:
-                self.sink.command(f"DELETE FROM {self._local(table)}{on_cluster} WHERE {pred}")
-        # The ledger keeps the choices as proof of consent, stripped of personal details.
         ledger_pred = self._predicate(subject, {"consent_id", "visitor_id"})
         dirty = f"({ledger_pred}) AND (visitor_id != '' OR user_agent != '' OR ip != toIPv6('{_ZERO_IP}'))"
-        n = self._q(f"SELECT count() FROM {self.db}.{LEDGER} WHERE {dirty}").result_rows[0][0]
-        counts[LEDGER] = int(n)
-        if n:
-            self.sink.command(
-                f"ALTER TABLE {self._local(LEDGER)}{on_cluster} UPDATE visitor_id = '', user_agent = '', "
-                f"ip = toIPv6('{_ZERO_IP}') WHERE {ledger_pred} SETTINGS mutations_sync = 2")
-        # Verify: nothing of the subject is left in any linkable table.
         left: dict[str, int] = {}
-        for table, cols in self.tables().items():
-            pred = dirty if table == LEDGER else self._predicate(subject, cols)
-            if pred is None:
-                continue
-            remaining = int(self._q(f"SELECT count() FROM {self.db}.{table} WHERE {pred}").result_rows[0][0])
-            if remaining:
-                left[table] = remaining
+        for attempt in range(1 + ERASE_RETRIES):
+            if attempt:
+                # Rows left over: another app server wrote hits it captured before it learnt
+                # of the erasure. Wait until it has (a revocation refresh and a writer flush), again.
+                time.sleep(self.retry_after)
+            self._delete(subject, dirty, ledger_pred, counts)
+            left = self._left(subject, dirty)
+            if not left:
+                break
         verified = not left
         out_of_scope = sorted(self.unlinkable)
         note = ("statistics rows carry no stable identifier and are out of scope: "
@@ -375,6 +383,40 @@ class Rights:
         if not verified:
             raise RightsError(f"erasure could not be verified, rows left: {left}")
         return result
+
+    def _delete(self, subject: Subject, dirty: str, ledger_pred: str | None, counts: dict[str, int]) -> None:
+        """Delete the subject's rows in every linkable table and scrub its ledger rows
+        (adding to `counts`)."""
+        on_cluster = self.schema.on_cluster
+        for table, cols in self.tables().items():
+            if table == LEDGER:
+                continue
+            pred = self._predicate(subject, cols)
+            if pred is None:
+                continue
+            n = self._q(f"SELECT count() FROM {self.db}.{table} WHERE {pred}").result_rows[0][0]
+            counts[table] = counts.get(table, 0) + int(n)
+            if n:
+                self.sink.command(f"DELETE FROM {self._local(table)}{on_cluster} WHERE {pred}")
+        # The ledger keeps the choices as proof of consent, stripped of personal details.
+        n = self._q(f"SELECT count() FROM {self.db}.{LEDGER} WHERE {dirty}").result_rows[0][0]
+        counts[LEDGER] = counts.get(LEDGER, 0) + int(n)
+        if n:
+            self.sink.command(
+                f"ALTER TABLE {self._local(LEDGER)}{on_cluster} UPDATE visitor_id = '', user_agent = '', "
+                f"ip = toIPv6('{_ZERO_IP}') WHERE {ledger_pred} SETTINGS mutations_sync = 2")
+
+    def _left(self, subject: Subject, dirty: str) -> dict[str, int]:
+        """Verify: what of the subject is still in any linkable table (empty: nothing)."""
+        left: dict[str, int] = {}
+        for table, cols in self.tables().items():
+            pred = dirty if table == LEDGER else self._predicate(subject, cols)
+            if pred is None:
+                continue
+            remaining = int(self._q(f"SELECT count() FROM {self.db}.{table} WHERE {pred}").result_rows[0][0])
+            if remaining:
+                left[table] = remaining
+        return left
 
     # -- block ----------------------------------------------------------------
     def block_subjects(self, subject: Subject) -> set[str]:

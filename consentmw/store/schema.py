@@ -35,6 +35,7 @@ def current_retention(client: Any, database: str, table: str) -> int | None:
     found = _TTL_DAYS.search(rows[0][0]) if rows else None
     return int(found.group(1)) if found else None
 LEDGER_RETENTION_DAYS = 1826   # proof of consent is kept five years
+REVOCATION_RETENTION_DAYS = 400  # the longest cookie lifetime browsers allow (cookie_max_age is capped to it)
 DEDUP_WINDOW = 10_000
 SALT_TABLE = "daily_salts"   # the visitor-hash salt of each day (store/salts.py)
 
@@ -110,7 +111,16 @@ class Schema(Layout):
             f"  subject String, blocked UInt8, ts DateTime64(3, 'UTC')\n)"
             f" ENGINE = {self.engine('blocked_visitors', 'ReplacingMergeTree', 'ts')}\n"
             f"ORDER BY subject")
-        out = [ledger, erasure, blocked]
-        for table in ("consent_log", "erasure_log", "blocked_visitors"):
+        # Consents changed, withdrawn or erased: cookies of `consent_id` given before `before`
+        # are refused by every process (see consentmw.rights.revocation). `ts` is the
+        # server's clock, so processes read what is new since their last look.
+        revoked = (
+            f"CREATE TABLE IF NOT EXISTS {self.local('revoked_consents')}{self.on_cluster} (\n"
+            f"  consent_id String, before DateTime64(3, 'UTC'), erase UInt8,\n"
+            f"  ts DateTime64(3, 'UTC') DEFAULT now64(3)\n)"
+            f" ENGINE = {self.engine('revoked_consents')}\nORDER BY (ts, consent_id)\n"
+            f"TTL toDateTime(before) + toIntervalDay({REVOCATION_RETENTION_DAYS})")
+        out = [ledger, erasure, blocked, revoked]
+        for table in ("consent_log", "erasure_log", "blocked_visitors", "revoked_consents"):
             out.extend(self.distributed(table))
         return out

@@ -293,6 +293,10 @@ class ConsentAPI:
         value, state = self.codec.issue(granted, gpc=gpc, visitor_id=visitor_id,
                                         consent_id=previous.id if previous else None,
                                         host_cookie=self.cookie_host(request.scope))
+        if previous is not None and previous.id:
+            # Every older cookie of this consent is refused from now on (a copy replayed after a
+            # withdrawal or a narrower choice must not collect); the new one, given now, counts.
+            self.codec.revocations.revoke(previous.id, state.given_at or 0.0)
         self.collector.record(self.ledger_record(request, state, action, lang, page))
         response = JSONResponse(self.state_body(state, gpc, lang), headers={"Cache-Control": "no-store"})
         self.set_cookie(response, request, value)

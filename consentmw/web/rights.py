@@ -10,6 +10,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from consentmw.core.redact import redact
+from consentmw.rights.revocation import RevocationSync
 from consentmw.rights.service import Rights, RightsError
 from consentmw.web.http import HTTPProblem
 
@@ -59,12 +60,21 @@ def register(api: "ConsentAPI") -> None:
         return
     enricher = getattr(collector, "enricher", None)
     proof = getattr(enricher, "consent_proof", None)
-    rights = Rights(sink, api.policy, api.settings.secret_key[0], proof=proof)
+    # Withdrawn and erased consents are refused in every process: kept in step with the store.
+    revocations = api.codec.revocations
+    sync = RevocationSync(sink, revocations, api.settings.cookie_max_age, api.settings.revocation_refresh)
+    companions = getattr(collector, "companions", None)
+    if companions is not None:
+        companions.append(sync)
+    rights = Rights(sink, api.policy, api.settings.secret_key[0], proof=proof, revocations=sync,
+                    flush_interval=api.settings.flush_interval)
     api.rights = rights  # type: ignore[attr-defined]
     minimiser = getattr(collector, "minimiser", None)
     if minimiser is not None:
-        # Collection stops for blocked browsers: the minimiser skips their hits (writer thread).
+        # Collection stops for blocked browsers: the minimiser skips their hits (writer thread),
+        # and the hits of an erased consent that were still in flight when it was erased.
         minimiser.blocked = rights.blocklist.is_blocked
+        minimiser.erased = revocations.erased_at
     from consentmw.rights.profile import ProfileService
 
     api.profiles = ProfileService(sink, api.policy, rights.blocklist)  # type: ignore[attr-defined]
@@ -129,9 +139,10 @@ def register(api: "ConsentAPI") -> None:
         n = await run(_block, state, False)
         return json_response({"blocked": False, "subjects": n, "note": "Processing of your data has resumed."})
 
-    def _erase(state: "ConsentState", requested_by: str) -> dict[str, Any]:
-        _settle()
-        return rights.erase(rights.subject_for(state), requested_by=requested_by)
+    def _erase(state: "ConsentState", requested_by: str, before: float | None = None) -> dict[str, Any]:
+        # Rights.erase stops collection for the subject first, then settles the writer
+        # (so every row captured before is in the store), then deletes and verifies.
+        return rights.erase(rights.subject_for(state), requested_by=requested_by, settle=_settle, before=before)
 
     async def delete_me(request: "Request") -> "Response":
         state = authenticate(request)
@@ -165,7 +176,10 @@ def register(api: "ConsentAPI") -> None:
             body["erasure"] = {"erased": False, "reason": "no valid consent cookie: nothing is linked to this browser"}
         else:
             try:
-                body["erasure"] = await run(_erase, previous, "withdrawal")
+                # cookies given before the withdrawal are refused; the withdrawal's own stays valid
+                given = (body.get("consent") or {}).get("given_at")
+                body["erasure"] = await run(_erase, previous, "withdrawal",
+                                            float(given) if isinstance(given, (int, float)) else None)
                 api.profiles.forget(previous.visitor_id)  # type: ignore[attr-defined]
             except (HTTPProblem, RightsError) as exc:
                 status = getattr(exc, "status", 500)
