@@ -142,8 +142,8 @@ class ConsentMiddleware:
         # look-up. A consent withdrawn or erased since is decoded afresh (and refused).
         now = time.time()
         known = self._states.get(cookie)
-        revoked = self.codec.revoked
-        if known is None or known[1] <= now or (revoked and known[0].id in revoked):
+        revoked = self.codec.revocations
+        if known is None or known[1] <= now or (revoked.before and revoked.refuses(known[0].id, known[0].given_at)):
             known = self._decode(cookie, now)
         state, _, profile = known
         if gpc_header == b"1":
