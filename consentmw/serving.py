@@ -47,7 +47,10 @@ def current_server() -> Server | None:
     module = type(config).__module__ if config is not None else ""
     master = parent.pid if parent is not None else None
     if module.startswith("uvicorn."):
-        return Server("uvicorn", int(getattr(config, "workers", 1) or 1), "--workers", master)
+        # Only uvicorn's multiprocess supervisor needs ending; its --reload watcher keeps
+        # waiting for a fixed file, as it should during development.
+        supervisor = master if not getattr(config, "reload", False) else None
+        return Server("uvicorn", int(getattr(config, "workers", 1) or 1), "--workers", supervisor)
     if module.startswith("hypercorn."):
         return Server("hypercorn", int(getattr(config, "workers", 1) or 1), "-w/--workers", master)
     return None
