@@ -17,8 +17,36 @@ from consentmw.core.redact import exception_text, redact, redact_dsn
 Command = Callable[[argparse.Namespace], int]
 
 
+#: set by --quiet: no progress bars, no summary lines (data and errors still go out)
+_QUIET = False
+
+EXIT_CODES = """exit status:
+  0    done
+  1    the work failed or found nothing: store unreachable or refusing, no schema (read
+       commands), no such visitor, a row whose consent does not cover it (prove), a replay
+       that stopped or quarantined, a migration that would shorten a retention, scan
+       findings with --fail-on
+  2    bad input or usage: unknown option, invalid value, missing secret key, migrate with a
+       policy older than the one that last migrated the schema
+  130  interrupted (Ctrl-C)"""
+
+
+def info(message: str, *, file: IO[str] | None = None) -> None:
+    """A summary line for people (suppressed by --quiet; results a command exists for are printed directly)."""
+    if not _QUIET:
+        print(message, file=file or sys.stdout)
+
+
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
+
+
+def _add_output_args(p: argparse.ArgumentParser, default: Any) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true", default=default,
+                       help="no progress bars or summary lines (results and errors still shown)")
+    group.add_argument("-v", "--verbose", action="store_true", default=default,
+                       help="log what consentmw and the ClickHouse driver do, to stderr")
 
 
 def _add_store_args(p: argparse.ArgumentParser) -> None:
@@ -43,7 +71,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         sink.apply_migration()
     except NewerSchema as exc:
         raise CLIError(f"{exc}; run migrate with the newest policy") from None
-    print(f"schema up to date in database {sink.database} ({redact_dsn(sink.dsn)})")
+    info(f"schema up to date in database {sink.database} ({redact_dsn(sink.dsn)})")
     return 0
 
 
@@ -54,7 +82,7 @@ class Progress:
                  stream: IO[str] | None = None, enabled: bool | None = None) -> None:
         self.label, self.total, self.unit, self.done = label, total, unit, 0
         self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self.enabled = (self.stream.isatty() and not _QUIET) if enabled is None else enabled
         self._shown = 0.0
         self._start = time.monotonic()
 
@@ -122,7 +150,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     progress.close()
     with open(args.out, "w", encoding="utf-8") as f:
         f.write(page)
-    print(f"wrote {args.out}: the dashboard for {filters.label()} ({args.days} days)")
+    info(f"wrote {args.out}: the dashboard for {filters.label()} ({args.days} days)")
     return 0
 
 
@@ -148,7 +176,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         with open(args.out, "w", encoding="utf-8") as f:
             f.write(text + "\n")
         rows = sum(len(v) for v in data["tables"].values()) + len(data["consent_history"])
-        print(f"wrote {args.out}: {rows} rows of {vid} ({', '.join(sorted(data['tables']))}, consent_log)",
+        info(f"wrote {args.out}: {rows} rows of {vid} ({', '.join(sorted(data['tables']))}, consent_log)",
               file=sys.stderr)
     return 0
 
@@ -198,9 +226,9 @@ def cmd_erase(args: argparse.Namespace) -> int:
         print(json.dumps(receipt, ensure_ascii=False, indent=2, default=str))
     else:
         tables = ", ".join(f"{t}: {n}" for t, n in sorted(receipt["tables"].items()))
-        print(f"erased {vid}: {receipt['deleted']} rows deleted, {receipt['scrubbed_ledger_rows']} ledger rows "
+        info(f"erased {vid}: {receipt['deleted']} rows deleted, {receipt['scrubbed_ledger_rows']} ledger rows "
               f"scrubbed ({tables}); verified; receipt {receipt['receipt_id']} in erasure_log")
-        print(f"not erasable (no stable identifier): {', '.join(receipt['out_of_scope']) or 'none'}")
+        info(f"not erasable (no stable identifier): {', '.join(receipt['out_of_scope']) or 'none'}")
     return 0
 
 
@@ -217,7 +245,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     spool = Spool(directory)
     total = spool.bytes()
     if not total:
-        print(f"spool {directory} is empty: nothing to replay")
+        info(f"spool {directory} is empty: nothing to replay")
         return 0
     sink = open_sink(args)
     sink.client()
@@ -258,7 +286,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     left = spool.bytes()
     kept = sorted(set(spool.quarantined()) - before)
     corrupt = spool.stats.corrupt
-    print(f"replayed {rows} rows in {records} batches from {directory}"
+    info(f"replayed {rows} rows in {records} batches from {directory}"
           + (f"; {left} bytes left in the spool" + ("" if stopped else " (segments held by a running process)")
              if left else ""))
     if kept:
@@ -329,20 +357,33 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from consentmw import __version__
 
-    parser = _Parser(prog="consentmw", description="Consent manager and consent-gated analytics for ASGI apps.")
+    parser = _Parser(prog="consentmw", description="Consent manager and consent-gated analytics for ASGI apps.",
+                     epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"consentmw {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p = sub.add_parser("demo", help="run the demo site on the embedded chDB store")
+    _add_output_args(parser, default=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    p = sub.add_parser("demo", help="run the demo site on the embedded chDB store",
+                       description="Serves the demo site (home, articles, an SPA page, the banner, a consent-gated "
+                                   "script, a personalised block) with uvicorn, storing to an embedded chDB "
+                                   "directory. Needs the consentmw[demo] and consentmw[embedded] extras.")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--data-dir", default=None, help="chDB data directory (default: ./consentmw-data)")
     p.set_defaults(func=cmd_demo)
-    p = sub.add_parser("prove", help="show the consent record that authorised one stored row")
+    p = sub.add_parser("prove", help="show the consent record that authorised one stored row",
+                       description="Finds the row by event_id, then the ledger choice behind it (for statistics rows, "
+                                   "through the day-scoped proof token, recomputed with every key in "
+                                   "CONSENTMW_SECRET_KEY) and says whether it granted that purpose under that "
+                                   "policy version. Exit 1 when it did not.")
     _add_store_args(p)
     p.add_argument("--table", required=True, help="events_<purpose>, e.g. events_statistics")
     p.add_argument("--event", required=True, help="the row's event_id")
     p.set_defaults(func=cmd_prove)
-    p = sub.add_parser("migrate", help="create or upgrade the ClickHouse schema")
+    p = sub.add_parser("migrate", help="create or upgrade the ClickHouse schema",
+                       description="Creates the database, the per-purpose event tables, the ledger and the views the "
+                                   "policy implies, or upgrades them (new columns, new TTLs). Forward only: a policy "
+                                   "older than the one that last migrated is refused, and so is a shorter retention "
+                                   "unless --allow-shorter-retention. The only command that changes tables.")
     _add_store_args(p)
     p.add_argument("--allow-shorter-retention", action="store_true",
                    help="apply a policy that shortens a purpose's retention (rows older than the new one are deleted)")
@@ -410,19 +451,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit 1 when the scan finds a violation (or a warning too); default: never")
     p.add_argument("--ignore-https-errors", action="store_true", help="accept self-signed certificates")
     p.set_defaults(func=cmd_scan)
+    for name, command in sub.choices.items():
+        _add_output_args(command, default=argparse.SUPPRESS)  # also accepted after the command
+        command.epilog = ("exit status: 0 done; 1 failed or found nothing; 2 bad input or usage; "
+                          "130 interrupted (details: consentmw --help)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     import logging
 
-    # The driver logs its own copy of every connection error; we print one line instead.
-    driver_log = logging.getLogger("clickhouse_connect")
-    if not driver_log.handlers:
-        driver_log.addHandler(logging.NullHandler())
-        driver_log.propagate = False
+    global _QUIET
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    _QUIET = bool(args.quiet)
+    driver_log = logging.getLogger("clickhouse_connect")
+    if args.verbose:
+        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(name)s: %(levelname)s: %(message)s")
+        driver_log.setLevel(logging.INFO)
+    elif not driver_log.handlers:
+        # The driver (and chDB through it) logs its own copy of every error, sometimes several
+        # lines; we print one line instead.
+        driver_log.addHandler(logging.NullHandler())
+        driver_log.propagate = False
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
