@@ -130,6 +130,10 @@ class ClickHouseSink:
         self.chdb_path = self.address.chdb_path
         #: the DSN for messages: the password is never shown
         self.dsn = "chdb://" + self.chdb_path if self.chdb_path else self.address.redacted
+        if self.chdb_path and not migrate and not os.path.isdir(os.path.join(self.chdb_path, "metadata")):
+            # read-only: a mistyped directory must not become a new, empty store
+            raise SchemaMissing(f"no chDB store at {self.chdb_path}: check --dsn / CONSENTMW_CLICKHOUSE_DSN "
+                                "(`consentmw migrate` creates one)")
         if self.chdb_path:
             _claim_embedded(self)
         self.schema = schema
@@ -179,10 +183,6 @@ class ClickHouseSink:
     def _connect(self) -> Any:
         import clickhouse_connect
 
-        if self.chdb_path is not None and not self.auto_migrate and not os.path.isdir(
-                os.path.join(self.chdb_path, "metadata")):
-            raise SchemaMissing(f"no chDB store at {self.chdb_path}: check --dsn / CONSENTMW_CLICKHOUSE_DSN "
-                                "(`consentmw migrate` creates one)")
         try:
             if self.chdb_path is not None:
                 os.makedirs(self.chdb_path, exist_ok=True)
