@@ -45,7 +45,8 @@ def test_wheel_metadata_and_contents(dist: Path) -> None:
         names = set(z.namelist())
         meta = email.message_from_bytes(z.read(f"consentmw-{consentmw.__version__}.dist-info/METADATA"))
     assert {"consentmw/static/banner.js", "consentmw/static/banner.css", "consentmw/static/beacon.js",
-            "consentmw/py.typed", "consentmw/core/default_policy.toml"} <= names
+            "consentmw/py.typed", "consentmw/core/default_policy.toml",
+            "consentmw/scan/trackers.toml", "consentmw/scan/hooks.js"} <= names
     assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE") for n in names)
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
     assert meta["Version"] == consentmw.__version__  # one source: consentmw.__version__
