@@ -336,6 +336,18 @@ def test_axe_finds_no_violations(open_tab: Any, axe_source: str) -> None:
     page.locator("dialog.cmw-s").wait_for()
     violations = run_axe(page, axe_source)
     assert violations == [], dump(violations)
+    # every purpose's details unfolded, and the confirmation step of "Delete my data"
+    for summary in page.locator("dialog.cmw-s summary").all():
+        summary.click()
+    tab.button("Delete my data").click()
+    violations = run_axe(page, axe_source)
+    assert violations == [], dump(violations)
+    # after the erasure, the first layer again (with its news), in the dark scheme
+    tab.button("Delete my data").click()
+    tab.banner().wait_for()
+    page.wait_for_timeout(300)
+    violations = run_axe(page, axe_source)
+    assert violations == [], dump(violations)
 
 
 def test_gpc_is_honoured(open_tab: Any) -> None:
