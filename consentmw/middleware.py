@@ -33,8 +33,14 @@ from consentmw.store.sink import MigrationRefused, StoreLockedError
 
 log = logging.getLogger("consentmw")
 _NOT_SETTINGS = frozenset({"self", "app", "collector"})
-_CAPTURE_METHODS = frozenset({"GET", "HEAD"})
+#: Page views are GETs: HEAD comes from monitors and link checkers, not from someone reading a page.
+_CAPTURE_METHODS = frozenset({"GET"})
 _WANTS_CACHE_SIZE = 8192
+#: Only paths this short are remembered: the path cache holds at most 8,192 x 256 characters.
+_WANTS_MAX_PATH = 256
+#: What a hit keeps of each header (bytes): the queue holds up to `queue_size` hits, so each is
+#: bounded. A User-Agent longer than MAX_UA is no browser: it is kept empty, which is a bot.
+_MAX_UA, _MAX_LANGUAGE, _MAX_REFERRER, _MAX_HOST, _MAX_FORWARDED, _MAX_PATH = 512, 256, 2048, 300, 1024, 2048
 _COOKIE_CACHE_SIZE = 4096
 #: request headers the middleware reads, and where each goes in its list of found values
 #: (the forwarding header in slot 5 is the one `forwarded_header` names)
@@ -63,7 +69,8 @@ class ConsentMiddleware:
                  cookie_max_age: int | None = None, cookie_secure: bool | None = None,
                  revocation_refresh: float | None = None,
                  trusted_proxies: str | Sequence[str] | None = None, forwarded_header: str | None = None,
-                 allowed_origins: str | Sequence[str] | None = None, collect: bool | None = None,
+                 allowed_origins: str | Sequence[str] | None = None,
+                 allowed_hosts: str | Sequence[str] | None = None, collect: bool | None = None,
                  exclude_paths: Sequence[str] | None = None, include_paths: Sequence[str] | None = None,
                  exclude_extensions: Sequence[str] | None = None, geoip_db: str | None = None,
                  batch_size: int | None = None, max_batch_size: int | None = None,
@@ -195,11 +202,13 @@ class ConsentMiddleware:
                 client = scope.get("client")
                 query = scope.get("query_string")
                 # Header values stay bytes: the writer decodes each distinct value once.
+                # Capped (a slice of a short value is the value itself: free in the usual case).
                 collector.submit(new_hit(Hit, (
-                    started, "pageview", host, path, state.id or "", state.policy_version,
-                    state.collecting, state.visitor_id, client[0] if client else "", forwarded,
-                    user_agent, language, referrer, campaign_params(query) if query else None,
-                    status, (ended - started) * 1000, None)))
+                    started, "pageview", host[:_MAX_HOST], path[:_MAX_PATH], state.id or "",
+                    state.policy_version, state.collecting, state.visitor_id, client[0] if client else "",
+                    forwarded[-_MAX_FORWARDED:], user_agent if len(user_agent) <= _MAX_UA else b"",
+                    language[:_MAX_LANGUAGE], referrer[:_MAX_REFERRER],
+                    campaign_params(query) if query else None, status, (ended - started) * 1000, None)))
 
     def _decode(self, cookie: bytes, now: float) -> tuple[ConsentState, float, Any]:
         """The consent state a Cookie header stands for, how long that holds, and the state's
@@ -234,9 +243,10 @@ class ConsentMiddleware:
         known = self._wants_cache.get(path)
         if known is None:
             known = self._wants(path)
-            if len(self._wants_cache) >= _WANTS_CACHE_SIZE:
-                self._wants_cache.clear()
-            self._wants_cache[path] = known
+            if len(path) <= _WANTS_MAX_PATH:
+                if len(self._wants_cache) >= _WANTS_CACHE_SIZE:
+                    self._wants_cache.clear()
+                self._wants_cache[path] = known
         return known
 
     def _wants(self, path: str) -> bool:

@@ -88,7 +88,7 @@ class Collector:
         # only while the store answers; otherwise a provisional salt keeps the writer going.
         salts = DailySalts(loader=SaltStore(sink).load, available=lambda: self.stats.sink_healthy)
         self.enricher = Enricher(settings.trusted_proxies, settings.geoip_db, proof_key(settings.secret_key[0]),
-                                 settings.forwarded_header, salts=salts)
+                                 settings.forwarded_header, salts=salts, allowed_hosts=settings.allowed_hosts)
         self.minimiser = Minimiser(self.policy, self.enricher)
         self.spool = Spool(settings.spool_dir, settings.spool_max_bytes)
         self.stats = Stats()
@@ -234,6 +234,7 @@ class Collector:
             "spool_corrupt": spool.stats.corrupt,
             "spool_quarantined": len(spool.quarantined()),
             "bots_ignored": self.minimiser.counts.bots,
+            "hosts_ignored": self.minimiser.counts.hosts,
             "writer_running": self.writer.running,
             "store": self.sink.dsn,  # the password is never shown
             **stats,

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from consentmw.core.arrow import arrow_type, map_array
 from consentmw.core.fields import BY_NAME
+from consentmw.core.hosts import host_name
 from consentmw.core.policy import Purpose
 from consentmw.collect.columnar import Selection, encode, fill, group, mask_of, spread, uuid4_array, where
 from consentmw.collect.enrich import Enricher, language_tag
@@ -36,8 +37,8 @@ _UTM = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
 
 
 def site_name(host: str) -> str:
-    """The site a hit belongs to: its Host without port, lower-case."""
-    return host.split(":", 1)[0].lower()[:255]
+    """The site a hit belongs to: its Host as a valid name without port, lower-case ("" if invalid)."""
+    return host_name(host)
 
 
 def _click_id_type(campaign: dict[str, str]) -> str:
@@ -90,7 +91,8 @@ class TableColumns:
     @cached_property
     def _sites(self) -> tuple[np.ndarray, list[str]]:
         codes, hosts = self._codes("site")
-        return codes, [site_name(h) for h in hosts]
+        site = self.enricher.hosts.site
+        return codes, [site(h) for h in hosts]
 
     @cached_property
     def _client_ips(self) -> tuple[np.ndarray, list[str]]:

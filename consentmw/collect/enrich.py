@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 from functools import lru_cache
+from typing import Iterable
 
+from consentmw.core.hosts import AllowedHosts
 from consentmw.collect.geo import GeoLocator, Place
 from consentmw.collect.ip import TrustedProxies, masked_ip16
 from consentmw.collect.salt import DailySalts
@@ -29,8 +31,11 @@ def proof_token(key: bytes, consent_id: str, day: int) -> str:
 
 class Enricher:
     def __init__(self, trusted_proxies: list[str], geoip_db: str | None, proof_key: bytes,
-                 forwarded_header: str = "x-forwarded-for", salts: DailySalts | None = None) -> None:
+                 forwarded_header: str = "x-forwarded-for", salts: DailySalts | None = None,
+                 allowed_hosts: Iterable[str] = ()) -> None:
         self.proxies = TrustedProxies(trusted_proxies, forwarded_header)
+        #: the site a Host value is stored as (valid names only; only allowed ones when set)
+        self.hosts = AllowedHosts(allowed_hosts)
         self.geo = GeoLocator(geoip_db)
         #: the daily salts; the collector passes ones kept in the store (shared by every process)
         self.salts = salts or DailySalts()

@@ -60,6 +60,7 @@ class Plan:
 @dataclass
 class Counts:
     bots: int = 0
+    hosts: int = 0                  # hits for a Host not in allowed_hosts (not stored)
     rows: int = 0
     blocked: int = 0
 
@@ -131,6 +132,7 @@ class Minimiser:
         pause()
         stored &= ~self._blocked(batch, stored)
         pause()
+        stored &= ~self._foreign_hosts(batch, stored)
         stored &= ~self._bots(batch, stored)
         tables: Tables = {}
         for plan in {plan.table: plan for plans in plans_of for plan in plans}.values():
@@ -161,6 +163,16 @@ class Minimiser:
             found |= batch.numbers("ts", np.float64) < cutoff
         found &= candidates
         self.counts.blocked += int(found.sum())
+        return found
+
+    def _foreign_hosts(self, batch: HitColumns, candidates: np.ndarray) -> np.ndarray:
+        """Hits for a Host outside `allowed_hosts` (when set): not this site's traffic."""
+        hosts = self.enricher.hosts
+        if hosts.any or not candidates.any():
+            return np.zeros(batch.size, dtype=bool)
+        codes, values = encode(batch.array("site", pa.string()))
+        found = np.array([not hosts.allows(v) for v in values], dtype=bool)[codes] & candidates
+        self.counts.hosts += int(found.sum())
         return found
 
     def _bots(self, batch: HitColumns, candidates: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from consentmw.core.hosts import check_allowed_hosts
 from consentmw.core.identifiers import is_identifier
 from consentmw.core.policy import Policy
 
@@ -44,6 +45,7 @@ class Settings:
     trusted_proxies: list[str] = field(default_factory=list)
     forwarded_header: str = "x-forwarded-for"  # or "forwarded" (RFC 7239): the one header the proxies set
     allowed_origins: list[str] = field(default_factory=list)
+    allowed_hosts: list[str] = field(default_factory=list)  # empty: any valid host name is a site
     collect: bool = True                       # capture server-side page hits
     exclude_paths: list[str] = field(default_factory=lambda: ["/static/", "/favicon.ico", "/robots.txt"])
     include_paths: list[str] = field(default_factory=list)  # empty: every path
@@ -75,6 +77,7 @@ class Settings:
         "forwarded_header": "CONSENTMW_FORWARDED_HEADER",
         "cookie_domain": "CONSENTMW_COOKIE_DOMAIN",
         "allow_shorter_retention": "CONSENTMW_ALLOW_SHORTER_RETENTION",
+        "allowed_hosts": "CONSENTMW_ALLOWED_HOSTS",
     }
 
     @classmethod
@@ -109,7 +112,7 @@ class Settings:
             if flag.strip().lower() not in ("1", "true", "yes", "0", "false", "no"):
                 raise SettingsError("CONSENTMW_ALLOW_SHORTER_RETENTION must be 1/true/yes or 0/false/no")
             values["allow_shorter_retention"] = flag.strip().lower() in ("1", "true", "yes")
-        for name in ("trusted_proxies", "allowed_origins"):
+        for name in ("trusted_proxies", "allowed_origins", "allowed_hosts"):
             if isinstance(values.get(name), str):
                 values[name] = _split(values[name])
         for net in values.get("trusted_proxies", []):
@@ -117,6 +120,10 @@ class Settings:
                 ipaddress.ip_network(net, strict=False)
             except ValueError:
                 raise SettingsError(f"trusted_proxies: {net!r} is not an IP address or network") from None
+        try:
+            values["allowed_hosts"] = check_allowed_hosts(values.get("allowed_hosts", []))
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
         forwarded_header = str(values.get("forwarded_header", "x-forwarded-for")).lower()
         if forwarded_header not in ("x-forwarded-for", "forwarded"):
             raise SettingsError("forwarded_header must be 'x-forwarded-for' or 'forwarded'")

@@ -20,6 +20,7 @@ from consentmw.collect.ip import ClientView, TrustedProxies, joined_header
 from consentmw.core.consent import (COOKIE_NAME, HOST_COOKIE_NAME, ConsentCodec, ConsentState, CookiePick,
                                     new_id, pick_cookie)
 from consentmw.core import text
+from consentmw.core.hosts import AllowedHosts
 from consentmw.web.http import (HTTPProblem, check_same_origin, header, header_bytes, origin_of, parse_json,
                                 read_body, route_path)
 from consentmw.core.ledger import ACTION_CHANGE, ACTION_GRANT, ACTION_WITHDRAW, ConsentRecord
@@ -52,6 +53,8 @@ class ConsentAPI:
         #: decides client address, scheme and host alike for every endpoint (origin checks,
         #: the cookie's Secure flag, rate limits, the ledger)
         self.proxies = TrustedProxies(settings.trusted_proxies, settings.forwarded_header)
+        #: the site a ledger record names: a valid host name (an allowed one, when allowed_hosts is set)
+        self.hosts = AllowedHosts(settings.allowed_hosts)
         self.routes: dict[tuple[str, str], Handler] = {}
         self.prefix_routes: list[tuple[str, str, Handler]] = []
         self._policy_cache: dict[str, dict[str, Any]] = {}
@@ -221,7 +224,7 @@ class ConsentAPI:
             language=lang, texts_hash=self.policy.texts_hash(lang), page=text.decode(page, 512),
             peer_ip=client[0] or "", forwarded_for=text.decode(self.forwarded(scope), 512),
             user_agent=text.decode(header_bytes(scope, b"user-agent"), 512),
-            site=text.decode(header_bytes(scope, b"host"), 300).split(":")[0][:255], visitor_id=state.visitor_id,
+            site=self.hosts.site(text.decode(header_bytes(scope, b"host"), 300)), visitor_id=state.visitor_id,
         )
 
     # -- handlers ------------------------------------------------------------

@@ -11,6 +11,7 @@ from consentmw.web.api import ConsentAPI
 from consentmw.collect.beacon import BODY_LIMIT, BeaconError, validate_batch
 from consentmw.collect.beacon_schema import fast_events
 from consentmw.collect.hit import Hit
+from consentmw.collect.useragent import MAX_UA
 from consentmw.web.http import HTTPProblem, header, header_bytes, parse_json, read_body
 from consentmw.core.ratelimit import TokenBuckets
 
@@ -48,9 +49,12 @@ def register(api: ConsentAPI) -> None:
             return Response(status_code=204, headers={"Cache-Control": "no-store"})
         now = time.time()
         # Raw bytes, as the page path keeps them: both are decoded alike on the writer thread.
-        site = header_bytes(scope, b"host")
+        # Capped as the page path caps them (a User-Agent over 512 bytes is kept empty: a bot).
+        site = header_bytes(scope, b"host")[:300]
         ua = header_bytes(scope, b"user-agent")
-        lang = header_bytes(scope, b"accept-language")
+        ua = ua if len(ua) <= MAX_UA else b""
+        lang = header_bytes(scope, b"accept-language")[:256]
+        forwarded = forwarded[-1024:]
         for event in events:
             collector.submit(Hit(now, event["type"], site, event["path"], state.id or "", state.policy_version,
                                  state.collecting, state.visitor_id, peer, forwarded, ua, lang, "", None,
