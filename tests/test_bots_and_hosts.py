@@ -124,3 +124,38 @@ def test_allowed_hosts_setting_is_checked(value: str) -> None:
         Settings.build({"secret_key": SECRET, "allowed_hosts": [value]}, environ={})
     s = Settings.build({"secret_key": SECRET}, environ={"CONSENTMW_ALLOWED_HOSTS": "a.test, .b.test"})
     assert s.allowed_hosts == ["a.test", ".b.test"]
+
+
+# -- the indexed crawler list agrees with the list's own matcher ------------------------------
+def test_required_literals_are_read_conservatively() -> None:
+    from consentmw.collect.crawlers import required_literal
+
+    assert required_literal("Googlebot\\/") == "Googlebot/"
+    assert required_literal("AdsBot-Google([^-]|$)") == "AdsBot-Google"
+    assert required_literal("S[eE][mM]rushBot") == "rushBot"
+    assert required_literal("^Seekbot") == "Seekbot"
+    assert required_literal("Yandex(Bot|Images)?x") == "Yandex"
+    assert required_literal("colou?rBot") in ("colo", "rBot")  # the optional u breaks the run
+    assert required_literal("Automaton|Newsify") == ""  # top-level alternatives: nothing is required
+
+
+def test_indexed_list_matches_exactly_what_the_list_matches() -> None:
+    import crawleruseragents
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from consentmw.collect.crawlers import crawler_list
+
+    index = crawler_list()
+    instances = [i for d in crawleruseragents.CRAWLER_USER_AGENTS_DATA for i in d["instances"]]
+    assert len(instances) > 1000
+    for ua in instances + BROWSERS + list(AUTOMATION.values()):
+        assert index.matches(ua) == crawleruseragents.is_crawler(ua), ua
+
+    @settings(max_examples=300, deadline=None, derandomize=True)
+    @given(base=st.sampled_from(instances + BROWSERS), cut=st.integers(0, 400), noise=st.text(max_size=30))
+    def agree(base: str, cut: int, noise: str) -> None:
+        ua = base[:cut] + noise + base[cut:]
+        assert index.matches(ua) == crawleruseragents.is_crawler(ua)
+
+    agree()

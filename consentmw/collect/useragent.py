@@ -10,7 +10,8 @@ from functools import lru_cache
 from typing import NamedTuple
 
 import ua_parser
-from crawlerdetect import CrawlerDetect
+
+from consentmw.collect.crawlers import is_crawler
 
 _BOT_WORDS = ("bot", "crawl", "spider", "slurp", "monitor", "preview", "scrap", "fetch", "archiver", "facebookexternalhit")
 _CLIENT_LIBRARIES = frozenset({
@@ -32,10 +33,8 @@ _BOT = Agent("", "", "", "", "bot", True)
 #: Real browsers send 60-300 bytes; longer is a script (or an attack on the caches): a bot,
 #: decided without parsing, and never a cache key.
 MAX_UA = 512
-#: CrawlerDetect's maintained list of crawlers, headless browsers and automation (HeadlessChrome,
-#: Lighthouse, PhantomJS, ...). Its regex costs ~0.4 ms per unseen string, so it runs on the
-#: writer thread once per distinct user agent, behind `parse_agent`'s cache.
-_CRAWLERS = CrawlerDetect()
+#: the maintained `crawler-user-agents` list (HeadlessChrome, Lighthouse, PhantomJS, monitors,
+#: AI crawlers, ...), matched in linear time (`collect.crawlers`), once per distinct string.
 
 
 def parse_agent(ua: str) -> Agent:
@@ -50,7 +49,7 @@ def parse_agent(ua: str) -> Agent:
 def _parse_agent(ua: str) -> Agent:
     lower = ua.lower()
     head = lower.split("/", 1)[0].strip()
-    if head in _CLIENT_LIBRARIES or any(word in lower for word in _BOT_WORDS) or _CRAWLERS.is_crawler(ua):
+    if head in _CLIENT_LIBRARIES or any(word in lower for word in _BOT_WORDS) or is_crawler(ua):
         return _BOT
     result = ua_parser.parse(ua)
     if result.device is not None and result.device.family == "Spider":
