@@ -1,8 +1,9 @@
 """Runs a scan: one Chromium, pages crawled breadth first, each page in three fresh contexts.
 
-Several pages are visited at once (`concurrency`); for each, the "no choice yet" visit goes
-first (it finds the links and tells whether there is a banner to click), then "after Reject
-all" and "after Accept all" run side by side. Only same-origin pages are navigated to.
+Several pages are visited at once (`concurrency`). Until a page has shown the consentmw
+banner, a page's "no choice yet" visit goes first (it tells whether there is a banner to
+click: a site without one costs one visit per page); from then on a page's three visits run
+side by side. Only same-origin pages are navigated to.
 """
 
 from __future__ import annotations
@@ -94,30 +95,38 @@ async def scan(config: ScanConfig, progress: Progress | None = None) -> ScanResu
         wake = asyncio.Event()
         active = 0
 
+        banner_seen = False   # once a page had the banner, a page's three visits run side by side
+
         async def visit_page(url: str, depth: int) -> None:
-            nonlocal done
+            nonlocal done, banner_seen
             result = PageResult(url=url, depth=depth, observations={})
             pages.append(result)
-            none = await Visit(browser, url, "none", origin, options).run()
+            together = banner_seen
+            modes = MODES if together else MODES[:1]
+            first = await asyncio.gather(*(Visit(browser, url, m, origin, options).run() for m in modes))
+            none = first[0]
             result.observations["none"] = none
-            done += 1
+            done += len(modes)
             frontier.offer(none.links, depth)
             wake.set()
             report(done, 3 * frontier.admitted)
+            why = ""
             if none.error or not none.is_page:
                 why = "the page did not load" if none.error else "not an HTML page"
-                for mode in MODES[1:]:
-                    result.observations[mode] = Observation(mode=mode, url=url, skipped=why)
             elif not none.banner.shown:
                 why = "no consentmw banner to click" if not none.banner.consentmw else "the banner did not appear"
+            if why:
                 for mode in MODES[1:]:
                     result.observations[mode] = Observation(mode=mode, url=url, skipped=why)
             else:
-                visits = await asyncio.gather(*(Visit(browser, url, m, origin, options).run() for m in MODES[1:]))
-                for o in visits:
+                banner_seen = True
+                others = first[1:] if together else await asyncio.gather(
+                    *(Visit(browser, url, m, origin, options).run() for m in MODES[1:]))
+                for o in others:
                     result.observations[o.mode] = o
                     frontier.offer(o.links, depth)
-            done += 2
+            if not together:
+                done += 2
             report(done, 3 * frontier.admitted)
             result.findings = classify(result, rules)
 

@@ -166,7 +166,9 @@ def test_redirect_to_another_origin_and_non_html_are_not_judged(scanned: Any) ->
     away = page(result, "/away")
     assert away.observations["none"].error.startswith(f"redirected to another origin: {site.third}/moved")
     assert away.findings == [] and away.observations["reject"].skipped == "the page did not load"
-    assert hits.get("/moved") == 1          # the site's own redirect, followed once, never crawled further
+    # the site's own redirect, followed by each visit of /away (one, or three side by side once the
+    # site is known to have a banner), and never crawled further
+    assert hits.get("/moved") in (1, 3)
     feed = page(result, "/feed")
     assert not feed.observations["none"].is_page and feed.findings == []
     assert feed.observations["accept"].skipped == "not an HTML page"
