@@ -186,12 +186,18 @@ class Collector:
                 raise StoreLockedError(problem)
             await self._wait_for_previous_worker(self.sink.chdb_path)
             try:
-                await asyncio.get_running_loop().run_in_executor(None, self.sink.client)
+                await asyncio.get_running_loop().run_in_executor(None, self._open_embedded)
             except (StoreLockedError, MigrationRefused):
                 raise
             except SinkError as exc:  # any other failure: serve anyway, spool, retry
                 log.warning("consentmw: embedded store not ready at start (%s); events will be spooled", exc)
         self.start()
+
+    def _open_embedded(self) -> None:
+        """Connect and migrate, then fetch the day's salt before the first request, so the
+        writer's first batch does not wait for it."""
+        self.sink.client()
+        self.enricher.salts.preload(int(time.time() // 86400))
 
     async def _wait_for_previous_worker(self, path: str) -> None:
         """While a sibling worker (the one a graceful reload replaces) holds the directory,

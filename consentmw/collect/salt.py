@@ -75,8 +75,21 @@ class DailySalts:
             self._codes.clear()
         return salt
 
-    def _load(self, day: int) -> bytes | None:
-        if self._loader is None or not self._available():
+    def preload(self, day: int) -> bool:
+        """Fetch the day's shared salt now (a caller that knows the store just answered, at
+        start-up), so the first events of the day need not wait for it. False if it failed."""
+        with self._lock:
+            shared = self._load(day, force=True)
+            if shared is None:
+                return False
+            if self._salts.get(day) not in (None, shared):
+                self._codes.clear()
+            self._salts[day] = shared
+            self._provisional.pop(day, None)
+            return True
+
+    def _load(self, day: int, force: bool = False) -> bytes | None:
+        if self._loader is None or not (force or self._available()):
             return None
         try:
             salt = self._loader(day)

@@ -126,3 +126,15 @@ def test_processes_racing_for_a_new_day_store_one_salt(server: ChdbHttpServer, d
     day_date = dt.date(1970, 1, 1) + dt.timedelta(days=day)
     assert ch.command(f"SELECT count() FROM {database}.daily_salts WHERE day = '{day_date}'") == 1
     assert ch.command(f"SELECT salt FROM {database}.daily_salts WHERE day = '{day_date}'") == salts[0]
+
+
+async def test_the_embedded_store_has_the_days_salt_before_the_first_request(
+        chdb_dsn: str, database: str, tmp_path: Any) -> None:
+    col = collector(clickhouse_dsn=chdb_dsn, database=database, spool_dir=str(tmp_path / "s"))
+    try:
+        await col.astart()
+        day = int(time.time() // 86400)
+        assert day in col.enricher.salts._salts and day not in col.enricher.salts._provisional
+        assert col.enricher.salts._salts[day] == SaltStore(col.sink).load(day)
+    finally:
+        await col.astop()
