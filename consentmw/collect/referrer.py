@@ -25,9 +25,19 @@ class Referrer(NamedTuple):
 NONE = Referrer("", "", "")
 
 
-@lru_cache(maxsize=16384)
+#: Referers this long are parsed each time, not remembered: the cache holds at most
+#: 8,192 x (512 + a host name) characters.
+_CACHED_MAX = 512
+
+
 def parse_referrer(value: str, own_host: str) -> Referrer:
     """Split a Referer; the site's own host counts as no referrer (internal navigation)."""
+    if len(value) > _CACHED_MAX or len(own_host) > 300:
+        return _parse_referrer(value, own_host)
+    return _cached(value, own_host)
+
+
+def _parse_referrer(value: str, own_host: str) -> Referrer:
     if not value:
         return NONE
     try:
@@ -52,3 +62,6 @@ def parse_referrer(value: str, own_host: str) -> Referrer:
     # Strip the query and fragment: search terms and tokens are not ours to keep.
     url = f"{parts.scheme}://{parts.netloc}{parts.path}"[:1024]
     return Referrer(host[:255], source, url)
+
+
+_cached = lru_cache(maxsize=8192)(_parse_referrer)

@@ -28,8 +28,13 @@ log = logging.getLogger("consentmw")
 SaltLoader = Callable[[int], bytes]
 
 
+#: Python's own cost of one remembered code (tuple, ints, dict slot), roughly
+_ENTRY_OVERHEAD = 200
+
+
 class DailySalts:
-    def __init__(self, keep_days: int = 2, cache_size: int = 65_536, loader: SaltLoader | None = None,
+    def __init__(self, keep_days: int = 2, cache_size: int = 65_536, max_bytes: int = 8 << 20,
+                 loader: SaltLoader | None = None,
                  available: Callable[[], bool] = lambda: True, retry_after: float = 5.0) -> None:
         self._salts: dict[int, bytes] = {}
         self._keep = keep_days
@@ -38,6 +43,9 @@ class DailySalts:
         # Forgotten with the salts, so no code outlives the salt it came from.
         self._codes: dict[tuple[int, str, str, str], int] = {}
         self._cache_size = cache_size
+        #: bounded in bytes as well: a key holds a site, an address and a user agent (each capped)
+        self._max_bytes = max_bytes
+        self._code_bytes = 0
         self._loader = loader
         self._available = available
         self._retry_after = retry_after
@@ -59,7 +67,7 @@ class DailySalts:
         shared = self._load(day)
         if shared is not None:
             if salt is not None and salt != shared:
-                self._codes.clear()  # codes made with the provisional salt are not reused
+                self._clear_codes()  # codes made with the provisional salt are not reused
             self._provisional.pop(day, None)
             salt = shared
         elif salt is None:
@@ -72,7 +80,7 @@ class DailySalts:
         for old in [d for d in self._salts if d <= day - self._keep]:
             del self._salts[old]
             self._provisional.pop(old, None)
-            self._codes.clear()
+            self._clear_codes()
         return salt
 
     def preload(self, day: int) -> bool:
@@ -111,7 +119,13 @@ class DailySalts:
             digest = hashlib.blake2b(f"{site}\x00{ip}\x00{user_agent}".encode("utf-8", "replace"),
                                      digest_size=8, key=self.salt(day)).digest()
             code = int.from_bytes(digest, "big")
-            if len(self._codes) >= self._cache_size:
-                self._codes.clear()
+            size = len(site) + len(ip) + len(user_agent) + _ENTRY_OVERHEAD
+            if len(self._codes) >= self._cache_size or self._code_bytes + size > self._max_bytes:
+                self._clear_codes()
             self._codes[key] = code
+            self._code_bytes += size
         return code
+
+    def _clear_codes(self) -> None:
+        self._codes.clear()
+        self._code_bytes = 0

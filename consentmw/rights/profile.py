@@ -40,6 +40,8 @@ if TYPE_CHECKING:  # pragma: no cover
 RECENT = 10
 #: Page views a visitor made that may not be stored yet, remembered per visitor (bounded).
 PENDING = 20
+#: Python's own cost of one pending note (tuple, int, deque slot), roughly
+_PENDING_OVERHEAD = 100
 _SECTION = re.compile(r"^/[^/?#]*")
 
 
@@ -112,6 +114,8 @@ class ProfileService:
         # visitor id -> (ms since epoch, path) of their page views as queued, newest last: a
         # visitor sees their own latest views at once, not after the writer and the cache.
         self._pending: dict[str, deque[tuple[int, str]]] = {}
+        self.max_pending_bytes = max_bytes // 4
+        self._pending_bytes = 0
         #: the cache is bounded in bytes too: a profile holds up to ~40 paths of up to 1 KB
         self.max_bytes = max_bytes
         self._bytes = 0
@@ -120,12 +124,12 @@ class ProfileService:
     def forget(self, visitor_id: str | None) -> None:
         if visitor_id:
             self._drop(visitor_id)
-            self._pending.pop(visitor_id, None)
+            self._forget_pending(visitor_id)
 
     def clear(self) -> None:
         self._cache.clear()
         self._pending.clear()
-        self._bytes = 0
+        self._bytes = self._pending_bytes = 0
 
     def note(self, hit: "Hit") -> None:
         """A page view was queued (`Collector.on_visitor_view`, event loop): remember it for
@@ -136,10 +140,20 @@ class ProfileService:
             return
         pending = self._pending.get(hit.visitor_id)
         if pending is None:
-            if len(self._pending) >= self.max_entries:
-                self._pending.pop(next(iter(self._pending)))
             pending = self._pending[hit.visitor_id] = deque(maxlen=PENDING)
-        pending.append((int(hit.ts * 1000), hit.path[:1024]))
+        elif len(pending) == PENDING:
+            self._pending_bytes -= len(pending[0][1]) + _PENDING_OVERHEAD  # about to fall out
+        path = hit.path[:1024]
+        pending.append((int(hit.ts * 1000), path))
+        self._pending_bytes += len(path) + _PENDING_OVERHEAD
+        # Bounded in visitors and in bytes: the oldest visitors' notes go first.
+        while len(self._pending) > self.max_entries or self._pending_bytes > self.max_pending_bytes:
+            self._forget_pending(next(iter(self._pending)))
+
+    def _forget_pending(self, visitor_id: str) -> None:
+        dropped = self._pending.pop(visitor_id, None)
+        if dropped:
+            self._pending_bytes -= sum(len(p) + _PENDING_OVERHEAD for _, p in dropped)
 
     def _merged(self, profile: Profile) -> Profile:
         """The stored profile plus the visitor's page views not stored in it yet."""
@@ -148,7 +162,7 @@ class ProfileService:
             return profile
         stored_until = int(profile.last_seen.timestamp() * 1000) if profile.last_seen else 0
         while pending and pending[0][0] <= stored_until:  # written since: the aggregate has them
-            pending.popleft()
+            self._pending_bytes -= len(pending.popleft()[1]) + _PENDING_OVERHEAD
         if not pending:
             self._pending.pop(profile.visitor_id, None)
             return profile
