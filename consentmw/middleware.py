@@ -77,6 +77,9 @@ class ConsentMiddleware:
                  flush_interval: float | None = None, queue_size: int | None = None,
                  shutdown_timeout: float | None = None, spool_max_bytes: int | None = None,
                  collect_rate: float | None = None, collect_burst: int | None = None,
+                 choice_rate: float | None = None, choice_burst: int | None = None,
+                 rights_rate: float | None = None, rights_burst: int | None = None,
+                 erase_queue: int | None = None,
                  floating_button: bool | None = None, allow_shorter_retention: bool | None = None,
                  collector: Collector | None = None) -> None:
         self.app = app

@@ -457,7 +457,7 @@ header_sets = st.fixed_dictionaries({}, optional={
 
 @pytest.fixture
 def fuzz_app(offline: Factory) -> ConsentMiddleware:
-    return offline()
+    return offline(choice_burst=10**6)  # hundreds of examples from one client: the rate limit is tested apart
 
 
 async def asgi_call(app: Any, method: str, path: str, headers: list[tuple[bytes, bytes]],

@@ -276,7 +276,7 @@ def test_blocklist_is_shared_through_the_store(make_app: Any, ch: Any, database:
 
 # --------------------------------------------------------------------------- isolation
 async def test_no_visitor_reaches_another_visitors_data(make_app: Any, ch: Any, database: str) -> None:
-    mw = make_app(site())
+    mw = make_app(site(), rights_burst=1000)  # many attempts from one address: the rate limit is tested apart
     c, a = await visitor(mw, IP_A, ["/articles/mine"])
     b, bb = await visitor(mw, IP_B, ["/articles/theirs"])
     await c.aclose()

@@ -1,4 +1,5 @@
-"""A per-client token bucket, so one client cannot flood `/collect` (and the spool)."""
+"""Per-client token buckets, so one client cannot flood `/collect` (and the spool), the
+consent choice, or the rights endpoints (each a query, an erasure a mutation, on ClickHouse)."""
 
 from __future__ import annotations
 
@@ -26,3 +27,11 @@ class TokenBuckets:
                 del self._buckets[k]
         self._buckets[key] = (tokens - 1.0, now)
         return True
+
+    def retry_after(self, key: str, now: float | None = None) -> int:
+        """Whole seconds until `key` has a token again (at least 1): the Retry-After answer."""
+        now = time.monotonic() if now is None else now
+        tokens, last = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        missing = max(0.0, 1.0 - tokens)
+        return max(1, int(-(-missing // self.rate))) if self.rate > 0 else 3600

@@ -61,6 +61,11 @@ class Settings:
     spool_max_bytes: int = 1 << 30
     collect_rate: float = 20.0                 # beacon requests per second per client (token bucket)
     collect_burst: int = 60
+    choice_rate: float = 1.0                   # POST/DELETE /choice per second per client (token bucket)
+    choice_burst: int = 20
+    rights_rate: float = 0.2                   # GET /me, POST /me/block|unblock, DELETE /me per second per client
+    rights_burst: int = 10
+    erase_queue: int = 8                       # erasures waiting or running per process; more answer 503
     floating_button: bool = True
     allow_shorter_retention: bool = False      # let start-up migrate a shorter retention (deletes older rows)
 

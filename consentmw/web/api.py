@@ -21,7 +21,8 @@ from consentmw.core.consent import (COOKIE_NAME, HOST_COOKIE_NAME, ConsentCodec,
                                     new_id, pick_cookie)
 from consentmw.core import text
 from consentmw.core.hosts import AllowedHosts
-from consentmw.web.http import (HTTPProblem, check_same_origin, header, header_bytes, origin_of, parse_json,
+from consentmw.core.ratelimit import TokenBuckets
+from consentmw.web.http import (HTTPProblem, TooManyRequests, check_same_origin, header, header_bytes, origin_of, parse_json,
                                 read_body, route_path)
 from consentmw.core.ledger import ACTION_CHANGE, ACTION_GRANT, ACTION_WITHDRAW, ConsentRecord
 from consentmw.core.policy import LANGUAGES, Policy
@@ -55,6 +56,9 @@ class ConsentAPI:
         self.proxies = TrustedProxies(settings.trusted_proxies, settings.forwarded_header)
         #: the site a ledger record names: a valid host name (an allowed one, when allowed_hosts is set)
         self.hosts = AllowedHosts(settings.allowed_hosts)
+        #: per-client rates (the client as the trusted proxies resolve it), by endpoint family
+        self.buckets = {"choice": TokenBuckets(settings.choice_rate, settings.choice_burst),
+                        "rights": TokenBuckets(settings.rights_rate, settings.rights_burst)}
         self.routes: dict[tuple[str, str], Handler] = {}
         self.prefix_routes: list[tuple[str, str, Handler]] = []
         self._policy_cache: dict[str, dict[str, Any]] = {}
@@ -115,6 +119,16 @@ class ConsentAPI:
             return origin_of(scope)
         host = (view.host or header(scope, b"host") or "").lower()
         return f"{self.scheme(scope)}://{host}"
+
+    def limit(self, scope: Scope, family: str) -> None:
+        """Refuse (429, Retry-After) a client over its rate for `family` ("choice", "rights")."""
+        buckets = self.buckets[family]
+        client = self.client(scope).ip
+        if not buckets.allow(client):
+            stats = getattr(self.collector, "stats", None)
+            if stats is not None and hasattr(stats, "rate_limited"):
+                stats.rate_limited += 1
+            raise TooManyRequests(buckets.retry_after(client))
 
     def check_origin(self, scope: Scope) -> None:
         """Refuse cross-origin requests (403), comparing with the origin the proxies vouch for."""
@@ -238,6 +252,7 @@ class ConsentAPI:
     async def post_choice(self, request: Request) -> Response:
         scope = request.scope
         self.check_origin(scope)
+        self.limit(scope, "choice")
         ctype = (header(scope, b"content-type") or "").split(";")[0].strip().lower()
         if ctype != "application/json":
             raise HTTPProblem(415, "expected Content-Type: application/json")
@@ -279,6 +294,7 @@ class ConsentAPI:
 
     async def delete_choice(self, request: Request) -> Response:
         self.check_origin(request.scope)
+        self.limit(request.scope, "choice")
         gpc = header(request.scope, b"sec-gpc") == "1"
         lang = request.query_params.get("lang", "en")
         return self._decide(request, set(), gpc, ACTION_WITHDRAW, lang if lang in LANGUAGES else "en",

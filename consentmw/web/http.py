@@ -39,6 +39,19 @@ def route_path(scope: Scope) -> str:
     return path
 
 
+class TooManyRequests(HTTPProblem):
+    """429 with the seconds to wait (a client over its per-client rate)."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(429, f"too many requests: try again in {retry_after} s")
+        self.retry_after = retry_after
+
+    def response(self) -> JSONResponse:
+        response = super().response()
+        response.headers["Retry-After"] = str(self.retry_after)
+        return response
+
+
 def header(scope: Scope, name: bytes) -> str | None:
     """The first value of a header, decoded as latin-1 (as HTTP header bytes are)."""
     for key, value in scope["headers"]:

@@ -10,6 +10,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from consentmw.core.redact import redact
+from consentmw.rights.erasures import ErasureQueue, QueueFull
 from consentmw.rights.revocation import RevocationSync
 from consentmw.rights.service import Rights, RightsError
 from consentmw.web.http import HTTPProblem
@@ -34,6 +35,18 @@ def _truthy(value: str | None) -> bool:
     if value.lower() in ("1", "true", "yes"):
         return True
     raise HTTPProblem(400, "'erase' must be true or false")
+
+
+class ErasureBusy(HTTPProblem):
+    """503: the erasure queue is full; the visitor may try again shortly."""
+
+    def __init__(self) -> None:
+        super().__init__(503, "too many erasures are queued right now; nothing was changed, please try again shortly")
+
+    def response(self) -> Any:
+        response = super().response()
+        response.headers["Retry-After"] = RETRY_AFTER
+        return response
 
 
 class StoreUnavailable(HTTPProblem):
@@ -93,6 +106,7 @@ def register(api: "ConsentAPI") -> None:
 
     def authenticate(request: "Request") -> "ConsentState":
         api.check_origin(request.scope)
+        api.limit(request.scope, "rights")
         state = api.current(request, any_version=True)
         if state is None or not state.id:
             raise HTTPProblem(401, "no valid consent cookie: your data is reachable only from the browser "
@@ -139,15 +153,35 @@ def register(api: "ConsentAPI") -> None:
         n = await run(_block, state, False)
         return json_response({"blocked": False, "subjects": n, "note": "Processing of your data has resumed."})
 
-    def _erase(state: "ConsentState", requested_by: str, before: float | None = None) -> dict[str, Any]:
+    erasures = ErasureQueue(api.settings.erase_queue)
+    api.erasures = erasures  # type: ignore[attr-defined]
+    if companions is not None:
+        companions.append(erasures)
+
+    def _erase_now(state: "ConsentState", requested_by: str, before: float | None) -> dict[str, Any]:
         # Rights.erase stops collection for the subject first, then settles the writer
         # (so every row captured before is in the store), then deletes and verifies.
         return rights.erase(rights.subject_for(state), requested_by=requested_by, settle=_settle, before=before)
 
+    async def _erase(state: "ConsentState", requested_by: str, before: float | None = None) -> dict[str, Any]:
+        """Run an erasure through the bounded queue (one at a time; 503 when it is full)."""
+        try:
+            future = erasures.submit(_erase_now, state, requested_by, before)
+        except QueueFull:
+            raise ErasureBusy() from None
+        try:
+            return await asyncio.wrap_future(future)
+        except (RightsError, ValueError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - store down or refusing: details go to the log only
+            log.warning("consentmw: erasure failed, store unavailable: %s",
+                        redact(str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__))
+            raise StoreUnavailable() from None
+
     async def delete_me(request: "Request") -> "Response":
         state = authenticate(request)
         try:
-            receipt = await run(_erase, state, "visitor")
+            receipt = await _erase(state, "visitor")
         except RightsError as exc:
             raise HTTPProblem(500, redact(str(exc))[:300]) from None
         api.profiles.forget(state.visitor_id)  # type: ignore[attr-defined]
@@ -178,8 +212,8 @@ def register(api: "ConsentAPI") -> None:
             try:
                 # cookies given before the withdrawal are refused; the withdrawal's own stays valid
                 given = (body.get("consent") or {}).get("given_at")
-                body["erasure"] = await run(_erase, previous, "withdrawal",
-                                            float(given) if isinstance(given, (int, float)) else None)
+                body["erasure"] = await _erase(previous, "withdrawal",
+                                               float(given) if isinstance(given, (int, float)) else None)
                 api.profiles.forget(previous.visitor_id)  # type: ignore[attr-defined]
             except (HTTPProblem, RightsError) as exc:
                 status = getattr(exc, "status", 500)
