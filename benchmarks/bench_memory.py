@@ -122,7 +122,7 @@ def main() -> int:
     if args.child:
         print(json.dumps(child(args.child[0], int(args.child[1]))))
         return 0
-    requests = args.requests or (1_000 if args.quick else 10_000)
+    requests = args.requests or (300 if args.quick else 10_000)
     runs = {}
     for scenario in SCENARIOS:
         res = subprocess.run([sys.executable, __file__, "--child", scenario, str(requests)],
