@@ -348,3 +348,26 @@ async def test_admin_api_export_and_erase(make_app: Any, ch: Any, database: str)
         assert r.status_code == 200, r.text
         assert r.json()["receipt"]["requested_by"] == "operator:api" and r.json()["receipt"]["verified"]
     assert everything_mentioning(ch, database, a["visitor_id"]) == {}
+
+
+async def test_rows_carrying_only_one_of_the_ids_are_exported_and_erased(make_app: Any, ch: Any,
+                                                                         database: str) -> None:
+    """A statistics-only grant (a ledger row with no visitor id), then Accept all (rows with
+    both ids), then withdrawal with erasure: every ledger row of the subject is exported and
+    scrubbed, not only those that carry both the consent id and the visitor id."""
+    mw = make_app(site(), rights_burst=1000)
+    c = client(mw, IP_A)
+    async with closing(c):
+        first = await choose(c, {"granted": ["statistics"]})
+        assert first["visitor_id"] is None
+        await choose(c, {"all": True})
+        assert (await c.get("/articles/x")).status_code == 200
+        export = (await c.get("/_consent/me")).json()
+        assert [h["action"] for h in export["consent_history"]] == ["grant", "change"]
+        assert [bool(h["visitor_id"]) for h in export["consent_history"]] == [False, True]
+        r = await c.delete("/_consent/choice?erase=true")
+        assert r.status_code == 200 and r.json()["erasure"]["verified"] is True, r.text
+    mw.collector.flush()
+    rows = q(ch, f"SELECT action, visitor_id, user_agent, toString(ip) FROM {database}.consent_log "
+                 f"WHERE consent_id = '{first['consent_id']}' AND action IN ('grant', 'change') ORDER BY ts")
+    assert rows == [("grant", "", "", "::"), ("change", "", "", "::")]

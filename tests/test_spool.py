@@ -101,7 +101,8 @@ def test_torn_tail_is_quarantined_and_the_rest_replays(tmp_path: Path) -> None:
     assert reader.stats.corrupt == 1, "damage is counted once, not at every replay"
 
 
-@pytest.mark.parametrize("damage", ["flip-body", "flip-length", "bad-magic", "garbage-between", "bad-header"])
+@pytest.mark.parametrize("damage", ["flip-body", "flip-record-body", "flip-length", "bad-magic", "garbage-between",
+                                    "bad-header"])
 def test_corrupt_record_in_the_middle(tmp_path: Path, damage: str) -> None:
     spool = Spool(tmp_path)
     blobs = [encode_record(rec(i)) for i in range(5)]
@@ -109,6 +110,9 @@ def test_corrupt_record_in_the_middle(tmp_path: Path, damage: str) -> None:
     start = len(blobs[0]) + len(blobs[1])  # record 2
     if damage == "flip-body":
         data[start + 60] ^= 0xFF
+    elif damage == "flip-record-body":
+        # inside the record's body (its last bytes), past the JSON header: only the CRC notices
+        data[start + len(blobs[2]) - 10] ^= 0xFF
     elif damage == "flip-length":
         data[start + 5] ^= 0x7F
     elif damage == "bad-magic":

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from consentmw.core.arrow import arrow_schema
@@ -21,7 +22,7 @@ from consentmw.collect.beacon import EVENT_CATEGORY
 from consentmw.collect.columnar import group, uuid4_array
 from consentmw.collect.enrich import Enricher, language_tag, proof_key
 from consentmw.collect.hit import CLICK_ID_PARAMS, Hit
-from consentmw.collect.ip import masked_ip16
+from consentmw.collect.ip import ip16_to_str, masked_ip16
 from consentmw.collect.minimise import Minimiser
 from consentmw.core.fields import columns_for, table_for
 from consentmw.core.policy import Policy
@@ -254,3 +255,21 @@ def test_raw_header_bytes_are_read_as_utf8_and_bad_bytes_never_cost_the_batch() 
     assert table["site"].to_pylist() == ["", ""]  # browsers send IDNA (xn--): these are no host names
     assert table["language"].to_pylist() == ["fr-fr", ""]  # a replaced byte is no language tag
     assert table["browser"].to_pylist() == ["Firefox", "Firefox"]
+
+
+@pytest.mark.parametrize("mask, prefix, v4, v6", [
+    (1, 64, "198.51.100.0", "2001:db8:1:2::"),
+    (3, 48, "198.0.0.0", "2001:db8:1::"),
+])
+def test_a_purposes_configured_masking_is_what_is_stored(mask: int, prefix: int, v4: str, v6: str) -> None:
+    """Addresses stored under a purpose's own ip_mask_bytes / ipv6_prefix, not the defaults
+    (2 bytes, /48): the expected values are written out by hand."""
+    policy = make_policy([{"categories": ["page", "ip"], "ip_mask_bytes": mask, "ipv6_prefix": prefix}])
+    minimiser = Minimiser(policy, Enricher([], None, proof_key("s")))
+    hits = [Hit(1_796_000_000.0, "pageview", b"site.test", "/", "c1", "prop-1", frozenset({"alpha"}), None, peer,
+                b"", b"Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0", b"", b"")
+            for peer in ("198.51.100.77", "2001:db8:1:2:3:4:5:6")]
+    table = minimiser.process(hits)["events_alpha"]
+    stored = [ip16_to_str(bytes(v)) if isinstance(v, (bytes, bytearray)) else str(v)
+              for v in table.column("ip").to_pylist()]
+    assert stored == [v4, v6]
