@@ -3,6 +3,8 @@ in docs/analysts.md executed as written (database name substituted)."""
 
 from __future__ import annotations
 
+from consentmw.core.policy import Policy
+
 import re
 import time
 from pathlib import Path
@@ -148,8 +150,17 @@ async def test_every_cookbook_query_runs(make_app: Any, ch: Any, database: str) 
 
 def test_cookbook_python_snippet_is_valid() -> None:
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
+    assert blocks, "the cookbook lost its Python example"
+    from consentmw.store.schema import Schema
+
+    created = "\n".join(Schema(Policy.default(), "consentmw").statements())
     for block in blocks:
         compile(block, "analysts.md", "exec")
+        # every table or view the snippet reads is one the schema creates
+        names = re.findall(r"consentmw\.(\w+)", block)
+        assert names, block
+        for name in names:
+            assert re.search(rf"consentmw\.{name}\b", created), f"analysts.md reads consentmw.{name}, which no DDL creates"
 
 
 def error_site() -> Starlette:
