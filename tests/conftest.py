@@ -15,6 +15,14 @@ from starlette.routing import Route
 
 from consentmw import ConsentMiddleware
 
+# CI runs the property tests derandomised (the same examples every run, so a failure is
+# reproducible): HYPOTHESIS_PROFILE=ci. Locally they explore new examples each run.
+from hypothesis import settings as _hypothesis_settings
+import os as _os
+
+_hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+_hypothesis_settings.load_profile(_os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
 SECRET = "test-secret-key-0123456789abcdef"
 BROWSER_UA = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
               "(KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36")

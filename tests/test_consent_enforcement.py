@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from consentmw import ConsentMiddleware, Policy
 from consentmw.core.fields import BY_NAME
 from consentmw.core.policy import CATEGORIES
+from tests.collect.test_enrichment import make_mmdb
 from tests.conftest import BROWSER_UA, SECRET, site_app
 
 PURPOSE_IDS = ("alpha", "beta", "gamma")
@@ -30,7 +31,8 @@ request_st = st.fixed_dictionaries({
     "query": st.sampled_from(["", "utm_source=s&utm_medium=m", "gclid=1&q=secret", "ref=x"]),
     "referrer": st.sampled_from(["", "https://www.google.com/?q=x", "https://site.test/a", "https://ex.org/p?id=1"]),
     "language": st.sampled_from(["", "en-US,en;q=0.9", "kk", "*"]),
-    "forwarded": st.sampled_from(["", "203.0.113.5", "garbage"]),
+    # addresses in the test GeoIP database (London, Almaty), one outside it, and garbage
+    "forwarded": st.sampled_from(["", "81.2.69.160", "2a02:1810::99", "203.0.113.5", "garbage"]),
 })
 event_st = st.one_of(
     st.fixed_dictionaries({"type": st.just("pageview"), "path": st.just("/spa/x"),
@@ -59,7 +61,7 @@ def is_empty(value: Any) -> bool:
     return False
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                    HealthCheck.too_slow])
 @given(purposes=st.lists(purpose_st, min_size=1, max_size=3),
        granted_mask=st.lists(st.booleans(), min_size=3, max_size=3),
@@ -71,9 +73,13 @@ def test_only_granted_purposes_store_only_their_categories(chdb_dsn: str, ch: An
                                                            events: list[dict[str, Any]]) -> None:
     policy = make_policy(purposes)
     database = "p_" + uuid.uuid4().hex[:12]
+    # a real GeoIP database: country and city columns are filled, so precision checks can fail
+    geo = tmp_path_factory.getbasetemp() / "enforcement-geo.mmdb"
+    if not geo.exists():
+        make_mmdb(geo)
     mw = ConsentMiddleware(site_app(), secret_key=SECRET, clickhouse_dsn=chdb_dsn, database=database,
                            policy=policy, spool_dir=str(tmp_path_factory.mktemp("spool")),
-                           trusted_proxies=["127.0.0.0/8"])
+                           trusted_proxies=["127.0.0.0/8"], geoip_db=str(geo))
     granted = [pid for pid, on in zip(PURPOSE_IDS[:len(purposes)], granted_mask) if on]
 
     async def drive() -> None:
