@@ -20,6 +20,19 @@ from consentmw.demo import create_app
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-sync"]
+#: Headless Chromium announces itself as "HeadlessChrome", which the collector rightly
+#: treats as automation and does not collect; these tests play a visitor's desktop browser.
+VISITOR_UA = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+              "Chrome/{version} Safari/537.36")
+
+
+def launch_as_visitor(playwright: Any) -> Any:
+    """Debian's Chromium, headless, presenting the user agent of its desktop build."""
+    probe = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    version = probe.version
+    probe.close()
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=[
+        *CHROMIUM_ARGS, "--user-agent=" + VISITOR_UA.format(version=version)])
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -110,7 +123,7 @@ def playwright_instance() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def browser(playwright_instance: Any) -> Iterator[Any]:
-    b = playwright_instance.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    b = launch_as_visitor(playwright_instance)
     yield b
     b.close()
 

@@ -47,7 +47,8 @@ def test_first_visit_shows_banner_and_tracks_nothing(tab: Tab) -> None:
             "s.color, s.borderTopWidth, s.paddingTop, Math.round(e.getBoundingClientRect().height)] }"
     assert accept.evaluate(style) == reject.evaluate(style)
     a, r = accept.bounding_box(), reject.bounding_box()
-    assert abs(a["width"] - r["width"]) <= 1 and a["y"] == r["y"]  # side by side, same size
+    # side by side, same size (layout may place them a sub-pixel apart)
+    assert abs(a["width"] - r["width"]) <= 1 and abs(a["y"] - r["y"]) <= 1
     # "Settings" is a secondary button: not filled like the two choices
     settings = tab.button("Settings")
     assert settings.evaluate("e => getComputedStyle(e).backgroundColor") != accept.evaluate(

@@ -16,7 +16,7 @@ from consentmw import ConsentMiddleware
 
 from tests.conftest import SECRET
 
-from .conftest import CHROMIUM, CHROMIUM_ARGS, Site
+from .conftest import Site, launch_as_visitor
 
 pytestmark = pytest.mark.browser
 
@@ -69,7 +69,7 @@ def page(vsite: Site) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = launch_as_visitor(p)
         context = browser.new_context(viewport={"width": 1000, "height": 700})
         answer = context.request.post(vsite.url + "/_consent/choice", data={"all": True},
                                       headers={"origin": vsite.url})
