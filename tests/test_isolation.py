@@ -46,7 +46,8 @@ def env(store: Store, tmp_path: Any) -> Any:
     """A middleware whose writer flushes only when told: everything sent lands in one batch."""
     col = store.collector(spool_dir=str(tmp_path / "spool"), flush_interval=3600, batch_size=100_000)
     mw = ConsentMiddleware(html_app, secret_key=SECRET, clickhouse_dsn=store.dsn, database=store.database,
-                           collector=col, collect_rate=1e9, collect_burst=10**9, admin_token=ADMIN)
+                           collector=col, collect_rate=1e9, collect_burst=10**9, admin_token=ADMIN,
+                           choice_rate=1e9, choice_burst=10**9)
     cookie, _ = mw.codec.issue({"statistics", "personalisation"})
     yield mw, cookie
     col.stop()
