@@ -37,28 +37,26 @@ def _truthy(value: str | None) -> bool:
     raise HTTPProblem(400, "'erase' must be true or false")
 
 
-class ErasureBusy(HTTPProblem):
-    """503: the erasure queue is full; the visitor may try again shortly."""
+class RetryLater(HTTPProblem):
+    """503 with a Retry-After hint and no detail: store errors are for the operator's eyes."""
 
-    def __init__(self) -> None:
-        super().__init__(503, "too many erasures are queued right now; nothing was changed, please try again shortly")
-
-    def response(self) -> Any:
-        response = super().response()
-        response.headers["Retry-After"] = RETRY_AFTER
-        return response
-
-
-class StoreUnavailable(HTTPProblem):
-    """503 with a retry hint and no detail: store errors are for the operator's eyes."""
-
-    def __init__(self) -> None:
-        super().__init__(503, "the data store is unavailable; nothing was changed, please try again later")
+    def __init__(self, reason: str) -> None:
+        super().__init__(503, reason)
 
     def response(self) -> Any:
         response = super().response()
         response.headers["Retry-After"] = RETRY_AFTER
         return response
+
+
+def erasure_busy() -> RetryLater:
+    """The erasure queue is full; the visitor may try again shortly."""
+    return RetryLater("too many erasures are queued right now; nothing was changed, please try again shortly")
+
+
+def store_unavailable() -> RetryLater:
+    """The store did not answer; nothing was changed."""
+    return RetryLater("the data store is unavailable; nothing was changed, please try again later")
 
 
 def register(api: "ConsentAPI") -> None:
@@ -123,7 +121,7 @@ def register(api: "ConsentAPI") -> None:
             # the (redacted) reason in the log and in /health.
             log.warning("consentmw: %s failed, store unavailable: %s", getattr(fn, "__name__", "rights call"),
                         redact(str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__))
-            raise StoreUnavailable() from None
+            raise store_unavailable() from None
 
     def _export(state: "ConsentState") -> dict[str, Any]:
         _settle()
@@ -168,7 +166,7 @@ def register(api: "ConsentAPI") -> None:
         try:
             future = erasures.submit(_erase_now, state, requested_by, before)
         except QueueFull:
-            raise ErasureBusy() from None
+            raise erasure_busy() from None
         try:
             return await asyncio.wrap_future(future)
         except (RightsError, ValueError):
@@ -176,7 +174,7 @@ def register(api: "ConsentAPI") -> None:
         except Exception as exc:  # noqa: BLE001 - store down or refusing: details go to the log only
             log.warning("consentmw: erasure failed, store unavailable: %s",
                         redact(str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__))
-            raise StoreUnavailable() from None
+            raise store_unavailable() from None
 
     async def delete_me(request: "Request") -> "Response":
         state = authenticate(request)
