@@ -162,6 +162,11 @@ class Tab:
     def button(self, name: str) -> Any:
         return self.page.get_by_role("button", name=name, exact=True)
 
+    def still(self) -> None:
+        """Wait until the banner's entrance animation has finished, so boxes measured one
+        after another describe the same frame (a fixed sleep is too short on a loaded CI box)."""
+        self.page.evaluate("Promise.all(document.getAnimations().map(a => a.finished))")
+
     def wait_choice(self, action: Callable[[], Any]) -> dict[str, Any]:
         """Run a UI action that records a choice; returns the /choice answer."""
         with self.page.expect_response(lambda r: "/_consent/choice" in r.url) as info:

@@ -46,7 +46,11 @@ def test_first_visit_shows_banner_and_tracks_nothing(tab: Tab) -> None:
     style = "e => { const s = getComputedStyle(e); return [e.tagName, s.fontWeight, s.fontSize, s.backgroundColor, " \
             "s.color, s.borderTopWidth, s.paddingTop, Math.round(e.getBoundingClientRect().height)] }"
     assert accept.evaluate(style) == reject.evaluate(style)
-    a, r = accept.bounding_box(), reject.bounding_box()
+    # the banner slides in: measure both buttons once its animation has finished, in one frame
+    tab.still()
+    a, r = tab.page.evaluate(
+        "[...document.querySelectorAll('.cmw-b button')].filter(b => /^(Accept|Reject) all$/.test(b.textContent.trim()))"
+        ".map(b => { const x = b.getBoundingClientRect(); return {width: x.width, y: x.y}; })")
     # side by side, same size (layout may place them a sub-pixel apart)
     assert abs(a["width"] - r["width"]) <= 1 and abs(a["y"] - r["y"]) <= 1
     # "Settings" is a secondary button: not filled like the two choices
@@ -322,7 +326,7 @@ def test_axe_finds_no_violations(open_tab: Any, axe_source: str) -> None:
     page = tab.page
     tab.goto("/")
     tab.banner().wait_for()
-    page.wait_for_timeout(300)  # the entrance animation
+    tab.still()  # the entrance animation
     assert run_axe(page, axe_source) == [], "first layer"
     tab.button("Settings").click()
     page.locator("dialog.cmw-s").wait_for()
@@ -487,7 +491,7 @@ def test_no_layout_shift_and_small_screens(open_tab: Any) -> None:
         page = tab.page
         tab.goto("/")
         tab.banner().wait_for()
-        page.wait_for_timeout(300)
+        tab.still()
         shift = page.evaluate("""new Promise(ok => new PerformanceObserver(l => ok(l.getEntries()
             .reduce((s, e) => s + e.value, 0))).observe({type: 'layout-shift', buffered: true})
             || setTimeout(() => ok(0), 300))""")
@@ -556,7 +560,7 @@ def test_first_layer_is_compact_on_a_phone(open_tab: Any, lang: str) -> None:
     tab.goto(f"/?lang={lang}")
     banner = tab.banner()
     banner.wait_for()
-    page.wait_for_timeout(300)  # the entrance animation
+    tab.still()  # the entrance animation
     box = banner.bounding_box()
     assert box["height"] <= 0.35 * 740, (lang, box)
     assert banner.evaluate("e => e.scrollHeight <= e.clientHeight"), "the first layer scrolls"
