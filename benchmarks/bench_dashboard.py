@@ -4,8 +4,10 @@ Rows are generated inside ClickHouse (`INSERT … SELECT … FROM numbers(N)`), 
 days and three sites: page views (3 % of them 404s), vitals, outbound clicks and custom
 events, 8,000 visitors a day (about 3 page views each), 200 pages, 20 countries; plus 50,000 consent decisions.
 Timed: `load()` (every panel's query) plus `render()` (the HTML), as the live route runs
-them; warm medians, and the first (cold) run. Side by side in the same run, the floor:
-one `count()` over the same 30 days (a single scan; no dashboard can be faster).
+them; warm medians, and the first (cold) run. Side by side in the same run: the floor,
+one `count()` over the same 30 days (a single scan; no dashboard can be faster), and the
+baseline, the documented SQL of docs/analysts.md run one query per panel (what `load()`
+did before it shared scans) for the 30-day and the source-filtered view.
 Goal: the 30-day dashboard in under 1 s.
 """
 
@@ -73,7 +75,7 @@ def main() -> int:
     from consentmw import Policy
     from consentmw.dashboard.filters import parse
     from consentmw.dashboard.page import render
-    from consentmw.dashboard.queries import SQL, load, sql_for
+    from consentmw.dashboard.queries import load, sql_for
     from consentmw.store.schema import Schema
     from consentmw.store.sink import ClickHouseSink
 
@@ -92,21 +94,38 @@ def main() -> int:
         def query(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
             return client.query(sql, parameters=params).result_rows
 
-        def timed(params: dict[str, str]) -> tuple[float, list[float], list[float]]:
+        counted: list[int] = []
+
+        def timed(params: dict[str, str], documented: bool = False) -> tuple[float, list[float], list[float]]:
             """Wall time of the first run, then wall and CPU time (every thread of this
             process: chDB runs in it) of the warm runs."""
             filters = parse(params, today)
             runs, cpu = [], []
             for _ in range(repeats + 1):
+                calls = [0]
+
+                def counting(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+                    calls[0] += 1
+                    return query(sql, params)
+
                 start, start_cpu = time.perf_counter(), time.process_time()
-                page = render(load(query, db, filters), live=True, stylesheet="/_consent/admin/dashboard.css")
+                if documented:
+                    for panel in panels(filters):
+                        counting(sql_for(panel, filters, db), filters.params())
+                else:
+                    page = render(load(counting, db, filters), live=True, stylesheet="/_consent/admin/dashboard.css")
+                    assert "Page views" in page
                 runs.append(time.perf_counter() - start)
                 cpu.append(time.process_time() - start_cpu)
-                assert "Page views" in page
+            counted.append(calls[0])
             return runs[0], runs[1:], cpu[1:]
 
+        def panels(filters: Any) -> list[str]:
+            return ["kpis", "consent", "hourly" if filters.hourly else "daily", "pages", "sources", "campaigns",
+                    "countries", "devices", "browsers", "links", "events", "vitals", "sites"]
+
         table = Table(f"Dashboard: {rows:,} events in chDB, load + render, {repeats} warm runs (medians)",
-                      ["view", "cold s", "warm s (median)", "CPU s (median)", "goal", "ok"])
+                      ["view", "queries", "cold s", "warm s (median)", "CPU s (median)", "goal", "ok"])
         thirty = parse({}, today)
         floor = []
         for _ in range(repeats):
@@ -114,37 +133,31 @@ def main() -> int:
             query(f"SELECT count() FROM {db}.events_statistics WHERE ts >= {{start:DateTime64(3)}} "
                   f"AND ts < {{end:DateTime64(3)}}", thirty.params())
             floor.append(time.perf_counter() - start)
-        table.add("floor: one count() over 30 days", "", round(statistics.median(floor), 4), "", "", "")
+        table.add("floor: one count() over 30 days", 1, "", round(statistics.median(floor), 4), "", "", "")
         results = {}
-        for name, params in (("30 days (the goal)", {}), ("7 days", {"range": "7d"}), ("today (hourly)", {"range": "today"}),
-                             ("30 days, country + device", {"country": "DE", "device": "mobile"}),
-                             ("30 days, source (visit-level)", {"source": "Google"}),
-                             ("30 days, one site and page", {"site": "blog.example.com", "page": "/news/1"})):
-            cold, warm, cpu = timed(params)
+        for name, params, documented in (
+                ("baseline: 30 days, documented SQL per panel", {}, True),
+                ("baseline: 30 days, source, documented SQL per panel", {"source": "Google"}, True),
+                ("30 days (the goal)", {}, False), ("7 days", {"range": "7d"}, False),
+                ("today (hourly)", {"range": "today"}, False),
+                ("30 days, country + device", {"country": "DE", "device": "mobile"}, False),
+                ("30 days, source (visit-level)", {"source": "Google"}, False),
+                ("30 days, one site and page", {"site": "blog.example.com", "page": "/news/1"}, False)):
+            cold, warm, cpu = timed(params, documented)
             med = statistics.median(warm)
             results[name] = med
             goal = name.startswith("30 days")
-            table.add(name, round(cold, 3), round(med, 3), round(statistics.median(cpu), 3),
+            table.add(name, counted[-1], round(cold, 3), round(med, 3), round(statistics.median(cpu), 3),
                       f"< {GOAL_S} s" if goal else "", ("yes" if med < GOAL_S else "NO") if goal else "")
-        # the slowest panel of the 30-day view
-        slowest = []
-        params = thirty.params()
-        for panel in SQL:
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                query(sql_for(panel, thirty, db), params)
-                times.append(time.perf_counter() - start)
-            slowest.append((statistics.median(times), panel))
-        slowest.sort(reverse=True)
-        table.note(f"data generated in {made:.1f} s with INSERT … SELECT FROM numbers(); {len(SQL)} queries per view, "
-                   f"run one after another (chDB serialises them)")
-        table.note("slowest panels (30 days): " + ", ".join(f"{p} {t * 1000:.0f} ms" for t, p in slowest[:3]))
+        slowest = max((v, k) for k, v in results.items() if k.startswith("30 days"))
+        table.note(f"data generated in {made:.1f} s with INSERT … SELECT FROM numbers(); queries run one after "
+                   f"another (chDB serialises them); nobody is blocked (the common case: see docs/analysts.md)")
+        table.note(f"slowest 30-day view: {slowest[1]}, {slowest[0]:.3f} s")
         load_avg = os.getloadavg()[0]
         table.note(f"load average during the run: {load_avg:.1f} on {os.cpu_count()} CPUs"
                    + (" (a busy machine: wall times are inflated; CPU s is the work done)" if load_avg > (os.cpu_count() or 1) else ""))
-        table.note(f"goal: the 30-day dashboard under {GOAL_S} s with 1 million events: "
-                   + ("met" if results["30 days (the goal)"] < GOAL_S else "NOT met") + (" (quick run: 50,000 events)" if args.quick else ""))
+        table.note(f"goal: every 30-day view under {GOAL_S} s with 1 million events: "
+                   + ("met" if slowest[0] < GOAL_S else "NOT met") + (" (quick run: 50,000 events)" if args.quick else ""))
         emit([table], args.markdown)
         sink.close()
     return 0

@@ -114,7 +114,7 @@ GROUP BY site ORDER BY count() DESC, site LIMIT 50""",
 }
 
 
-#: how many queries one dashboard runs (for progress bars)
+#: how many queries one dashboard runs at most (for progress bars)
 PANELS = 13
 
 
@@ -157,13 +157,25 @@ def _ratio(a: float, b: float) -> float | None:
 
 
 def load(query: Query, database: str, filters: Filters) -> Dashboard:
-    """Run every panel's query (one round each) and assemble the dashboard."""
+    """Run the panels and assemble the dashboard.
+
+    Same numbers as the documented queries in `SQL` (tests compare them), in fewer
+    scans: the two visit-level panels (KPIs and sources) share one pass (`VISITS`), and
+    with the source filter, whose subquery would otherwise be evaluated once per panel,
+    the row-level panels share one pass too (`BREAKDOWN`). While nobody is blocked, the
+    blocked-visitor condition (a per-row set look-up that changes nothing) is left out.
+    """
     params = filters.params()
+    blocked = bool(query(HAS_BLOCKED.replace("consentmw.", f"{database}."), {})[0][0])
+
+    def sql(text: str) -> str:
+        return _prepare(text, filters, database, blocked)
 
     def run(name: str) -> list[tuple[Any, ...]]:
-        return query(sql_for(name, filters, database), params)
+        return query(sql(SQL[name]), params)
 
-    periods = {bool(c): (int(v), int(p), int(b)) for c, v, p, b in run("kpis")}
+    visits = query(sql(VISITS), params)
+    periods = {bool(r[1]): (int(r[3]), int(r[4]), int(r[5])) for r in visits if r[0] == 1}
     now, before = periods.get(True, (0, 0, 0)), periods.get(False, (0, 0, 0))
     consent = {bool(c): (int(d), int(o)) for c, d, o in run("consent")}
     c_now, c_before = consent.get(True, (0, 0)), consent.get(False, (0, 0))
@@ -174,11 +186,127 @@ def load(query: Query, database: str, filters: Filters) -> Dashboard:
         KPI("Bounce rate", _ratio(now[2], now[0]), _ratio(before[2], before[0]), "percent", "down"),
         KPI("Consent opt-in", _ratio(c_now[1], c_now[0]), _ratio(c_before[1], c_before[0]), "percent"),
     ]
-    series = _series(filters, run("hourly" if filters.hourly else "daily"))
-    tables = {name: run(name) for name in ("pages", "sources", "campaigns", "countries", "devices",
-                                           "browsers", "links", "events", "vitals")}
+    sources = _top([(r[2], int(r[6]), int(r[7])) for r in visits if r[0] == 0 and r[6] > 0])
+    bucket = "hourly" if filters.hourly else "daily"
+    if filters.source:
+        tables = _split(query(sql(BREAKDOWN.replace("/*bucket*/", BUCKET[bucket])), params))
+        series_rows = tables.pop("series")
+    else:
+        series_rows = run(bucket)
+        tables = {name: run(name) for name in ROW_PANELS}
+    tables["sources"] = sources
+    tables = {name: tables[name] for name in TABLES}
     sites = [r[0] for r in run("sites")]
-    return Dashboard(filters, kpis, series, tables, sites)
+    return Dashboard(filters, kpis, _series(filters, series_rows), tables, sites)
+
+
+#: the tables in the order the page shows them
+TABLES = ("pages", "sources", "campaigns", "countries", "devices", "browsers", "links", "events", "vitals")
+#: the panels that read page views, clicks, events or vitals row by row (not per visit)
+ROW_PANELS = ("pages", "campaigns", "countries", "devices", "browsers", "links", "events", "vitals")
+HAS_BLOCKED = ("SELECT count() > 0 FROM (SELECT subject FROM consentmw.blocked_visitors "
+               "GROUP BY subject HAVING argMax(blocked, ts) = 1)")
+
+
+def _prepare(text: str, filters: Filters, database: str, blocked: bool) -> str:
+    """`text` for `database` with the filters in place; without the blocked-visitor
+    condition when nobody is blocked (then it is true for every row)."""
+    if not blocked:
+        text = text.replace(f"AND {NOT_BLOCKED}", "")
+    fragments = " ".join(FILTER_SQL[key] for key in filters.active)
+    text = text.replace("/*filters*/", fragments)
+    text = text.replace("/*site*/", FILTER_SQL["site"] if filters.site else "")
+    return text.replace("consentmw.", f"{database}.")
+
+
+#: KPIs (both periods) and sources (this period) in one pass over the visits. A visit
+#: counts for KPIs in the period of its first page view, as in `kpis`; for sources with
+#: its page views of this period and the source of the first of them, as in `sources`.
+#: `grouping(source)` tells the two apart: 1 for the KPI rows, 0 for the source rows.
+VISITS = f"""SELECT grouping(source) AS kpi_row, day >= {{start_day:Date}} AS current, source,
+       count() AS visits, sum(views) AS pageviews, countIf(views = 1) AS bounces,
+       countIf(views_now > 0) AS visits_now, sum(views_now) AS pageviews_now
+FROM (SELECT visitor_hash, toDate(min(ts)) AS day, count() AS views,
+             countIf(ts >= {{start:DateTime64(3)}}) AS views_now,
+             argMinIf({SOURCE}, ts, ts >= {{start:DateTime64(3)}}) AS source
+      FROM consentmw.events_statistics
+      WHERE ts >= {{prev_start:DateTime64(3)}} AND ts < {{end:DateTime64(3)}} AND {PAGEVIEW}
+        AND {NOT_BLOCKED} /*filters*/
+      GROUP BY visitor_hash)
+GROUP BY GROUPING SETS ((current), (source))"""
+
+BUCKET = {"daily": "toDate(ts)", "hourly": "toStartOfHour(ts)"}
+#: Every row-level panel in one pass (used with the source filter, so that its visit-level
+#: subquery runs once, not once per panel). Each row is a page view, click, custom event or
+#: vitals sample (`kind`); each grouping set is one panel's GROUP BY (vitals share `path`
+#: with pages); `_split` orders and cuts them as the documented queries do.
+BREAKDOWN = f"""SELECT grouping(bucket) = 0, grouping(path) = 0, grouping(utm_campaign) = 0,
+       grouping(country) = 0, grouping(device) = 0, grouping(browser) = 0, grouping(link) = 0,
+       grouping(event_name) = 0,
+       bucket, path, utm_campaign, country, device, browser, link, event_name,
+       countIf(kind = 'pageview') AS pageviews, uniqExactIf(visitor_hash, kind = 'pageview') AS visitors,
+       countIf(kind = 'click') AS clicks, uniqExactIf(visitor_hash, kind = 'click') AS clickers,
+       countIf(kind = 'custom') AS events, uniqExactIf(visitor_hash, kind = 'custom') AS triggerers,
+       countIf(kind = 'vitals') AS samples,
+       quantileExactInclusiveIf(0.75)(lcp, kind = 'vitals') AS lcp75,
+       quantileExactInclusiveIf(0.75)(inp, kind = 'vitals') AS inp75,
+       quantileExactInclusiveIf(0.75)(cls, kind = 'vitals') AS cls75,
+       quantileExactInclusiveIf(0.75)(ttfb, kind = 'vitals') AS ttfb75
+FROM (SELECT multiIf({PAGEVIEW}, 'pageview', event_type IN ('click', 'custom', 'vitals'), event_type, '') AS kind,
+             /*bucket*/ AS bucket, path, utm_campaign, country, device, browser,
+             concat(link_host, link_path) AS link, event_name, visitor_hash, lcp, inp, cls, ttfb
+      FROM consentmw.events_statistics
+      WHERE {PERIOD} AND event_type IN ('pageview', 'click', 'custom', 'vitals') AND {NOT_BLOCKED} /*filters*/)
+WHERE kind != ''
+GROUP BY GROUPING SETS ((bucket), (path), (utm_campaign), (country), (device), (browser), (link), (event_name))"""
+
+
+def _key(value: Any) -> Any:
+    """ClickHouse orders strings by their bytes."""
+    return value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+
+
+def _top(rows: list[tuple[Any, ...]], limit: int = 10) -> list[tuple[Any, ...]]:
+    """ORDER BY the first count DESC, the name LIMIT 10, as the documented queries do;
+    rows are (name, count, …) with the ordering count given by the panel."""
+    return sorted(rows, key=lambda r: (-r[1], _key(r[0])))[:limit]
+
+
+def _split(rows: list[tuple[Any, ...]]) -> dict[str, list[tuple[Any, ...]]]:
+    """`BREAKDOWN`'s grouping sets as the documented panels' answers."""
+    out: dict[str, list[tuple[Any, ...]]] = {name: [] for name in ("series", *ROW_PANELS)}
+    by_views: dict[str, list[tuple[Any, int, int]]] = {n: [] for n in ("pages", "campaigns", "countries",
+                                                                        "devices", "browsers")}
+    for row in rows:
+        flags, keys = row[:8], row[8:16]
+        views, visitors, clicks, clickers, events, triggerers, samples = (int(v) for v in row[16:23])
+        quantiles = row[23:27]
+        if flags[0] and views:
+            out["series"].append((keys[0], views, visitors))
+        elif flags[1]:
+            if views:
+                by_views["pages"].append((keys[1], visitors, views))
+            if samples:
+                out["vitals"].append((keys[1], samples, *quantiles))
+        elif flags[2] and views and keys[2] != "":
+            by_views["campaigns"].append((keys[2], visitors, views))
+        elif flags[3] and views:
+            by_views["countries"].append((keys[3], visitors, views))
+        elif flags[4] and views:
+            by_views["devices"].append((keys[4], visitors, views))
+        elif flags[5] and views:
+            by_views["browsers"].append((keys[5], visitors, views))
+        elif flags[6] and clicks:
+            out["links"].append((keys[6], clickers, clicks))
+        elif flags[7] and events:
+            out["events"].append((keys[7], triggerers, events))
+    for name, found in by_views.items():
+        out[name] = sorted(found, key=lambda r: (-r[2], _key(r[0])))[:10]
+    for name in ("links", "events"):
+        out[name] = sorted(out[name], key=lambda r: (-r[2], _key(r[0])))[:10]
+    out["vitals"] = _top(out["vitals"])
+    out["series"].sort(key=lambda r: r[0])
+    return out
 
 
 def _series(filters: Filters, rows: list[tuple[Any, ...]]) -> list[tuple[dt.datetime, int, int]]:

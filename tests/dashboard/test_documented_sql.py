@@ -142,3 +142,26 @@ async def test_filters_narrow_every_panel(seeded: Any, ch: Any, database: str) -
     assert other.tables["vitals"] == [] and other.kpis[0].value == 20
     # error pages are never page views
     assert "/nope/" not in [r[0] for r in everything.tables["pages"]]
+
+
+async def test_panels_agree_while_a_visitor_is_blocked(seeded: Any, ch: Any, database: str) -> None:
+    """The dashboard leaves the blocked-visitor condition out only while nobody is blocked:
+    once a visitor's day token is blocked, every panel (plain and with the source filter,
+    which takes the one-pass path) still matches the documented SQL, and their page views
+    are gone from the numbers."""
+    today = dt.datetime.now(dt.timezone.utc).date()
+
+    def query(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        return ch.query(sql, parameters=params).result_rows
+
+    before = load(query, database, parse({}, today))
+    token, views = ch.query(f"SELECT consent_id, count() FROM {database}.events_statistics "
+                            f"WHERE event_type = 'pageview' AND status = 200 AND consent_id != '' "
+                            f"GROUP BY consent_id ORDER BY count() DESC, consent_id LIMIT 1").result_rows[0]
+    ch.insert(f"{database}.blocked_visitors", [[token, 1, dt.datetime.now(dt.timezone.utc)]],
+              column_names=["subject", "blocked", "ts"])
+    for params in ({}, {"source": "Google"}, {"range": "7d"}):
+        filters = parse(params, today)
+        data = load(query, database, filters)
+        assert shown(data) == expected(run_documented(ch, database, filters), filters), params
+    assert load(query, database, parse({}, today)).kpis[1].value == before.kpis[1].value - views
