@@ -235,7 +235,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     """Replay the spool; say exactly what was stored, what was quarantined (and where), what is left."""
     from consentmw.ops import open_sink
-    from consentmw.store.sink import SinkError
+    from consentmw.store.sink import BatchRefused, SinkError
     from consentmw.store.spool import Spool, encode_record
     from consentmw.store.writer import decode_ipc, insert_isolating
 
@@ -267,6 +267,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
             try:
                 sink.insert(record.table, data, record.token)  # dedup token: a retried batch is stored once
                 stored = data.num_rows
+            except BatchRefused:  # values in it refused: store the rest, quarantine those rows
+                stored, bad, _path = insert_isolating(sink, spool, record, data, strict=True)
+                refused += bad
             except SinkError:
                 sink.command("SELECT 1")  # the store is down: stop here, the record stays
                 time.sleep(1.0)  # it answers: one more try before blaming the rows

@@ -78,6 +78,12 @@ class StoreConfigError(SinkError):
     cannot help until an operator fixes the DSN or the server; events spool meanwhile."""
 
 
+class BatchRefused(SinkError):
+    """The store is up and read the batch, but refused values in it (a malformed UUID, an
+    address of the wrong width, a violated constraint): retrying the same rows cannot help,
+    so the writer splits the batch, stores the rows it takes and quarantines the rest."""
+
+
 class SchemaMissing(SinkError):
     """A read-only command found no consentmw schema: nothing to read (and it creates none)."""
 
@@ -113,6 +119,34 @@ _CONFIG_ERRORS = {
     497: "denied access (ACCESS_DENIED): grant the user rights on the database",
     81: "has no such database (UNKNOWN_DATABASE): create it, or name an existing one in the DSN",
 }
+
+
+#: ClickHouse exception codes meaning "these values cannot be stored": the server (or chDB)
+#: parsed the insert and refused rows in it. Anything else (connection refused, timeout,
+#: HTTP 5xx without a code, full disk, too many parts, memory limit, unknown table) is the
+#: store being unavailable or misconfigured: the batch is spooled and retried, never split.
+DATA_ERRORS = {
+    6: "CANNOT_PARSE_TEXT", 25: "CANNOT_PARSE_ESCAPE_SEQUENCE", 26: "CANNOT_PARSE_QUOTED_STRING",
+    27: "CANNOT_PARSE_INPUT_ASSERTION_FAILED", 38: "CANNOT_PARSE_DATE", 41: "CANNOT_PARSE_DATETIME",
+    53: "TYPE_MISMATCH", 69: "ARGUMENT_OUT_OF_BOUND", 70: "CANNOT_CONVERT_TYPE", 72: "CANNOT_PARSE_NUMBER",
+    117: "INCORRECT_DATA", 128: "TOO_LARGE_ARRAY_SIZE", 130: "CANNOT_READ_ARRAY_FROM_TEXT",
+    131: "TOO_LARGE_STRING_SIZE", 190: "SIZES_OF_ARRAYS_DONT_MATCH", 321: "VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE",
+    349: "CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN", 376: "CANNOT_PARSE_UUID", 395: "FUNCTION_THROW_IF_VALUE_IS_NON_ZERO",
+    407: "DECIMAL_OVERFLOW", 441: "CANNOT_PARSE_DOMAIN_VALUE_FROM_STRING", 467: "CANNOT_PARSE_BOOL",
+    469: "VIOLATED_CONSTRAINT", 632: "UNEXPECTED_DATA_AFTER_PARSED_VALUE", 675: "CANNOT_PARSE_IPV4",
+    676: "CANNOT_PARSE_IPV6", 691: "UNKNOWN_ELEMENT_OF_ENUM",
+}
+
+
+def refuses_rows(exc: BaseException) -> bool:
+    """True when an insert failed because of the rows it carried, not because of the store:
+    a ClickHouse data error (see DATA_ERRORS), or Arrow failing to encode the batch."""
+    from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+
+    if isinstance(exc, (pa.ArrowException, UnicodeError)):
+        return True
+    return (isinstance(exc, DatabaseError) and not isinstance(exc, OperationalError)
+            and getattr(exc, "code", None) in DATA_ERRORS)
 
 
 class ClickHouseSink:
@@ -272,7 +306,8 @@ class ClickHouseSink:
 
     # -- writes --------------------------------------------------------------
     def insert(self, table: str, data: pa.Table, token: str) -> None:
-        """Insert one table's batch; raises SinkError on any failure."""
+        """Insert one table's batch; raises BatchRefused when the store refused values in it,
+        SinkError on any other failure."""
         settings: dict[str, Any] = {"insert_deduplication_token": token}
         if not self.embedded:
             # Server inserts go through ClickHouse's async insert buffer (several app servers'
@@ -285,6 +320,8 @@ class ClickHouseSink:
         except SinkError:
             raise
         except Exception as exc:  # noqa: BLE001
+            if refuses_rows(exc):
+                raise BatchRefused(f"ClickHouse refused rows for {table}: {_first_line(exc)}") from None
             self._reset_after(exc)
             raise SinkError(f"insert into {table} failed: {str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}") from None
 
@@ -301,3 +338,8 @@ class ClickHouseSink:
     def command(self, sql: str, parameters: dict[str, Any] | None = None,
                 settings: dict[str, Any] | None = None) -> Any:
         return self.client().command(sql, parameters=parameters, settings=settings)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0][:300] if text else type(exc).__name__

@@ -3,9 +3,11 @@
 Three daemon threads, none of them on the event loop:
 
 * the **writer** flushes the queue every `batch_size` items or `flush_interval` seconds.
-  While the store is healthy a batch is inserted directly; a batch the store refuses is
-  written to the spool with its dedup token, and while the store is unhealthy batches
-  go straight to the spool, so no batch waits on a dead or silent server;
+  While the store is healthy a batch is inserted directly; a batch the store cannot take
+  (down, slow, full) is written to the spool with its dedup token, and while the store is
+  unhealthy batches go straight to the spool, so no batch waits on a dead or silent server.
+  A batch the store answers but refuses for the values in it (`BatchRefused`) is split at
+  once: the rows it takes are stored, only the refused ones are quarantined;
 * the **spiller** turns overflow (items beyond the bounded in-memory queue) into rows and
   spools them, so a burst never blocks a request or grows memory (raw visitor data never
   touches the disk: only minimised rows are spooled);
@@ -41,7 +43,7 @@ import pyarrow.ipc as ipc
 
 from consentmw.core.redact import exception_text, redact
 from consentmw.store.pacing import Pacer
-from consentmw.store.sink import ClickHouseSink, SinkError, StoreConfigError
+from consentmw.store.sink import BatchRefused, ClickHouseSink, SinkError, StoreConfigError
 from consentmw.store.spool import Record, Spool, SpoolFull, encode_record
 
 log = logging.getLogger("consentmw.writer")
@@ -49,8 +51,9 @@ log = logging.getLogger("consentmw.writer")
 #: Minimise and enrich a batch of items into one Arrow table per ClickHouse table.
 Process = Callable[[Iterable[Any]], dict[str, pa.Table]]
 
-#: A spooled record the store keeps refusing while it answers everything else is moved
-#: to the quarantine after this many attempts, so one bad batch cannot block the spool.
+#: A spooled record the store keeps failing while it answers everything else, with an error
+#: that names no bad value (a refused value is split at once), is split after this many
+#: attempts, so one bad batch cannot block the spool.
 POISON_ATTEMPTS = 5
 #: A batch that fails for a reason other than the store being down is split to find its bad
 #: items; after this many failed tries the rest of it is quarantined whole (bounded work).
@@ -121,19 +124,25 @@ def bisect(items: list[Any], attempt: Callable[[list[Any]], bool],
 
 
 def insert_isolating(sink: ClickHouseSink, spool: Spool, record: Record,
-                     data: pa.Table) -> tuple[int, int, Path | None]:
+                     data: pa.Table, strict: bool = False) -> tuple[int, int, Path | None]:
     """Insert the slices of a refused batch the store takes; quarantine the rest in one file.
 
     Returns (rows stored, rows quarantined, the quarantine file). Each slice keeps a token
     derived from the batch's and its position, so a split cut short by an outage and
     repeated later stores every slice once. Raises SinkError when the store stops
-    answering (then nothing is quarantined and the caller keeps the record).
+    answering (then nothing is quarantined and the caller keeps the record). A slice is
+    blamed when the store refuses its values (BatchRefused); with `strict` only then, else
+    also for any other failure while the store still answers `SELECT 1`.
     """
     def fits(part: list[int]) -> bool:
         start, stop = part[0], part[-1] + 1
         try:
             sink.insert(record.table, data.slice(start, stop - start), f"{record.token}:{start}-{stop}")
+        except BatchRefused:
+            return False
         except SinkError:
+            if strict:  # not the rows: the store failed (full, slow, gone) in the middle
+                raise
             try:
                 sink.command("SELECT 1")
             except Exception as exc:  # noqa: BLE001 - the store is down: not the rows' fault
@@ -413,8 +422,14 @@ class Writer:
         """Insert directly; on failure spool the batch (unless shutdown already spooled it)."""
         with self._inflight_lock:
             self._inflight[token] = (table, data)
+        stored = data.num_rows
         try:
-            self.sink.insert(table, data, token)
+            try:
+                self.sink.insert(table, data, token)
+            except BatchRefused:
+                # The store is up and refused values in the batch: retrying it whole cannot
+                # help, so split it now, store every row it takes, quarantine the rest.
+                stored = self._isolate_rows(Record("rows", table, token, b""), data, strict=True)
         except SinkError as exc:
             self._failed(exc)
             with self._inflight_lock:
@@ -424,7 +439,7 @@ class Writer:
             return
         with self._inflight_lock:
             self._inflight.pop(token, None)
-        self.stats.add("stored", data.num_rows)
+        self.stats.add("stored", stored)
         self.stats.last_flush = time.time()
         self._healthy()
 
@@ -493,11 +508,19 @@ class Writer:
                 stored = data.num_rows
                 try:
                     self.sink.insert(record.table, data, record.token)
+                except BatchRefused:
+                    # The store refused values in it: split at once, store every row it takes.
+                    try:
+                        stored = self._isolate_rows(record, data, strict=True)
+                    except SinkError as again:  # down in the middle: the record stays, in order
+                        self._failed(again)
+                        break
                 except SinkError as exc:
                     if not self._poisoned(record, data, exc):
                         self._failed(exc)
                         break
-                    # The store answers but keeps refusing this batch: store every row it takes.
+                    # The store answers everything else but keeps failing this batch (an error
+                    # that names no bad value, say a dropped table): store every row it takes.
                     try:
                         stored = self._isolate_rows(record, data)
                     except SinkError as again:  # down in the middle: the record stays, in order
@@ -512,8 +535,9 @@ class Writer:
                 moved += stored
         return moved
 
-    def _isolate_rows(self, record: Record, data: pa.Table) -> int:
-        stored, refused, _path = insert_isolating(self.sink, self.spool, record, data)
+    def _isolate_rows(self, record: Record, data: pa.Table, strict: bool = False) -> int:
+        """Store the rows of a refused batch the store takes; count the quarantined rest."""
+        stored, refused, _path = insert_isolating(self.sink, self.spool, record, data, strict)
         if refused:
             self.stats.add("poisoned", refused)
         return stored

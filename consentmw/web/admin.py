@@ -30,7 +30,7 @@ COUNTERS = {
     "invalid": "Beacon requests refused as invalid",
     "rate_limited": "Beacon requests refused by the rate limit",
     "insert_failures": "Failed inserts or connection attempts to ClickHouse",
-    "poisoned": "Spooled rows quarantined because ClickHouse kept refusing them",
+    "poisoned": "Rows quarantined because ClickHouse refused values in them",
     "quarantined": "Queued items quarantined because no batch could process them",
     "bots_ignored": "Hits ignored because the user agent is a bot",
     "spool_corrupt": "Torn or corrupt spool records quarantined",
