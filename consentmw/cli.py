@@ -127,8 +127,8 @@ def _rights(args: argparse.Namespace, secret: str = "") -> Any:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from consentmw.ops import open_sink
-    from consentmw.dashboard.queries import PANELS
+    from consentmw.ops import load_policy, open_sink
+    from consentmw.dashboard.queries import NO_STATISTICS, PANELS, has_statistics
     from consentmw.dashboard.report import build, filters_for
 
     if not 1 <= args.days <= 3660:
@@ -137,6 +137,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         filters = filters_for(args.days, site=args.site)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    if not has_statistics(load_policy(getattr(args, "policy", None))):
+        raise CLIError(NO_STATISTICS)
     sink = open_sink(args)
     sink.client()
     progress = Progress("report", total=PANELS, unit="queries")

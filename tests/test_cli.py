@@ -181,3 +181,15 @@ def test_replay_says_what_it_quarantined_and_deletes_nothing_it_did_not_store(
     [junk] = [p for p in kept if p.name.startswith("undecodable-")]
     assert b"this is not an Arrow stream" in junk.read_bytes()
     assert not Spool(tmp_path / "spool").pending()
+
+
+def test_report_without_a_statistics_purpose_says_why(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text('version = "nostats-1"\nupdated = "2026-11-30"\n'
+                      '[[purposes]]\nid = "necessary"\nrequired = true\ncategories = []\n'
+                      '[[purposes]]\nid = "personalisation"\ncategories = ["visitor_id", "page"]\n')
+    out = tmp_path / "report.html"
+    r = run("report", "--policy", str(policy), "--dsn", f"chdb://{tmp_path}/data", "--out", str(out))
+    assert r.returncode != 0 and not out.exists()
+    assert "policy has no statistics purpose" in r.stderr and "nothing to show" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr

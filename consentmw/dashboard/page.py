@@ -200,6 +200,23 @@ visitors who blocked processing are left out. Consent opt-in: the share of conse
 """
 
 
+def notice(heading: str, message: str, *, title: str = "Dashboard", live: bool = True, stylesheet: str = "") -> str:
+    """A page that explains why there is no dashboard to show (e.g. no statistics purpose)."""
+    style = (f'<link rel="stylesheet" href="{esc(stylesheet)}">' if live else f"<style>{CSS}</style>")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="robots" content="noindex">
+<title>{esc(title)} · {esc(heading)}</title>
+{style}
+</head>
+<body><main>
+<header><h1>{esc(title)}</h1></header>
+<section class="card notice" role="status"><h2>{esc(heading)}</h2><p>{esc(message)}</p></section>
+</main></body></html>
+"""
+
+
 _WIDTHS = "".join(f".w{n}{{width:{n}%}}" for n in range(0, 101, 5))
 
 CSS = """

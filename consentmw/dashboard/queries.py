@@ -19,7 +19,20 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from consentmw.core.policy import Policy
 from consentmw.dashboard.filters import Filters
+
+#: What the dashboard says, and `consentmw report` refuses with, when there is nothing to count.
+NO_STATISTICS = ("This site's policy has no statistics purpose (or it collects nothing), so no page views "
+                 "are recorded and there is nothing to show. Add a `statistics` purpose that collects pages "
+                 "to the policy to record them.")
+
+
+def has_statistics(policy: Policy) -> bool:
+    """The panels read `events_statistics`, which exists only while the policy has a
+    `statistics` purpose that collects something."""
+    return "statistics" in policy and policy["statistics"].collects
+
 
 #: runs SQL with query parameters and returns the rows
 Query = Callable[[str, dict[str, Any]], list[tuple[Any, ...]]]

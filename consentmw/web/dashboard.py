@@ -70,8 +70,8 @@ def _sign_in_page(stylesheet: str, message: str = "") -> str:
 
 def register(api: "ConsentAPI") -> None:
     from consentmw.dashboard.filters import FilterError, parse
-    from consentmw.dashboard.page import CSS, render
-    from consentmw.dashboard.queries import load
+    from consentmw.dashboard.page import CSS, notice, render
+    from consentmw.dashboard.queries import NO_STATISTICS, has_statistics, load
 
     settings = api.settings
     stylesheet = api.prefix + PATH + ".css"
@@ -83,6 +83,9 @@ def register(api: "ConsentAPI") -> None:
         return settings.admin_token
 
     def _render(params: dict[str, str]) -> str:
+        if not has_statistics(api.policy):
+            # Nothing is wrong and nothing will change by retrying: say why the page is empty.
+            return notice("No statistics are collected", NO_STATISTICS, stylesheet=stylesheet)
         sink = getattr(api.collector, "sink", None)
         if sink is None:
             raise HTTPProblem(503, "no data store is configured")

@@ -138,3 +138,30 @@ async def test_kpis_and_changes_are_exact(make_app: Any, ch: Any, database: str)
     assert "was 0 over the previous day" in r.text  # bounce rate: 0% yesterday, no relative change
     # the hourly chart has today's four page views in the first hour, the 404 nowhere
     assert ">00:00: 4 page views<" in r.text and "/missing" not in r.text
+
+
+NO_STATS_POLICY = {
+    "version": "nostats-1", "updated": "2026-11-30",
+    "purposes": [{"id": "necessary", "required": True, "texts": {"en": {"title": "Necessary"}}},
+                 {"id": "personalisation", "categories": ["visitor_id", "page"],
+                  "texts": {"en": {"title": "Personalisation"}}}]}
+
+
+async def test_a_policy_without_statistics_gets_an_explanation_not_an_error(make_app: Any) -> None:
+    """Nothing is broken and retrying changes nothing: the dashboard says why it is empty
+    (200, the same strict headers), for any filters, instead of a 503."""
+    from consentmw import Policy
+
+    mw = ready(make_app(site(), admin_token=TOKEN, policy=Policy.from_dict(NO_STATS_POLICY)))
+    async with client(mw, **bearer()) as c:
+        for query in ("", "?range=7d&country=DE", "?source=Google"):
+            r = await c.get("/_consent/admin/dashboard" + query)
+            assert r.status_code == 200, r.text
+            assert "policy has no statistics purpose" in r.text and "nothing to show" in r.text
+            assert "Visitors" not in r.text and "<svg" not in r.text
+            assert r.headers["content-security-policy"].startswith("default-src 'none'")
+            assert r.headers["cache-control"] == "no-store"
+        # still behind the token
+        async with client(mw) as anonymous:
+            r = await anonymous.get("/_consent/admin/dashboard")
+            assert r.status_code == 401 and "statistics" not in r.text
