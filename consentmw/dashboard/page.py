@@ -64,7 +64,9 @@ def _table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]], *,
                 label = f'<a href="{esc(filters.query(**{filter_name: str(row[0])}))}">{label}</a>'
             bar = f'<span class="bar {_width_class(float(row[-1] or 0), top)}" aria-hidden="true"></span>'
             cells = "".join(f'<td class="num">{_cell(v)}</td>' for v in row[1:])
-            lines.append(f'<tr><th scope="row">{bar}<span class="name">{label}</span></th>{cells}</tr>')
+            # the full name as a title: long ones are cut with an ellipsis on wide screens
+            lines.append(f'<tr><th scope="row">{bar}<span class="name" title="{esc(name)}">{label}</span></th>'
+                         f'{cells}</tr>')
         body = f'<table><thead><tr>{head}</tr></thead><tbody>{"".join(lines)}</tbody></table>'
     note_html = f'<p class="note">{esc(note)}</p>' if note else ""
     if level == 3:  # a second table inside another panel
@@ -271,7 +273,9 @@ tbody th .bar{position:absolute;left:0;top:3px;bottom:3px;background:var(--row);
 .none,.note{color:var(--muted);font-size:13px;margin:6px 0 0}
 footer{color:var(--muted);font-size:12.5px;margin-top:18px}
 @media (max-width:1000px){.grid{grid-template-columns:repeat(2,minmax(0,1fr))}}
-@media (max-width:640px){main{padding:12px 10px 24px}#vitals tbody th{width:35%}.grid{grid-template-columns:minmax(0,1fr)}#vitals{grid-column:auto}
+@media (max-width:640px){main{padding:12px 10px 24px}#vitals table{font-size:12.5px}#vitals th,#vitals td{padding:4px 3px}
+#vitals thead th.num{white-space:normal}#vitals tbody th{width:40%}
+#vitals tbody th .name{white-space:normal;overflow-wrap:anywhere}.grid{grid-template-columns:minmax(0,1fr)}#vitals{grid-column:auto}
 .kpis{grid-template-columns:repeat(2,minmax(0,1fr))}.kpi:last-child{grid-column:span 2}.kpi .value{font-size:22px}
 .chart .wide{display:none}.chart .narrow{display:block}.filters input{width:8em}h1{font-size:20px}}
 """ + _WIDTHS

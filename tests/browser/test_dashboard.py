@@ -134,3 +134,53 @@ def test_axe_finds_no_violations(browser: Any, dsite: Site, axe_source: str) -> 
             assert run_axe(page, axe_source) == [], f"{scheme} sign-in page"
         finally:
             context.close()
+
+
+LONG_PATHS = ("/articles/2026/11/how-a-consent-banner-should-look-on-a-phone-screen",
+              "/docs/" + "x" * 70)   # no place to break at all
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_vitals_paths_fit_at_390_px(browser: Any, dsite: Site, scheme: str) -> None:
+    """At phone width every page path of the web-vitals table is shown whole (wrapped in
+    its column, never cut off or pushing the table out of its card), and carries its full
+    value as a title."""
+    from consentmw.collect.hit import Hit
+
+    from tests.conftest import BROWSER_UA
+    from tests.dashboard.seed import STATS, midnight
+
+    for n, path in enumerate(LONG_PATHS * 40):  # enough samples to rank among the top pages
+        dsite.app.collector.submit(Hit(midnight() + 60 + n, "vitals", "site.test", path, f"long{n}",
+                                       dsite.app.policy.version, STATS, None, "81.2.1.1", "", BROWSER_UA, "en", "", None,
+                                       0, 0, {"lcp": 1200 + n, "inp": 80, "cls": 0.05, "ttfb": 90}))
+    dsite.app.collector.flush()
+    context = browser.new_context(viewport={"width": 390, "height": 900}, color_scheme=scheme)
+    page = context.new_page()
+    try:
+        sign_in(page, dsite)
+        found = page.evaluate("""() => {
+            const card = document.querySelector('#vitals').getBoundingClientRect();
+            const table = document.querySelector('#vitals table').getBoundingClientRect();
+            const names = [...document.querySelectorAll('#vitals tbody th .name')].map(e => {
+                const r = e.getBoundingClientRect();
+                return {text: e.textContent, title: e.getAttribute('title'), clipped: e.scrollWidth > e.clientWidth + 1
+                        || e.scrollHeight > e.clientHeight + 1, left: r.left, right: r.right};
+            });
+            const cells = [...document.querySelectorAll('#vitals td, #vitals thead th')].map(e => e.getBoundingClientRect().right);
+            return {card: [card.left, card.right], table: [table.left, table.right], names, cells,
+                    scroll: document.documentElement.scrollWidth, inner: innerWidth};
+        }""")
+        if os.environ.get("CONSENTMW_WRITE_DOCS") == "1" and scheme == "light":
+            page.locator("#vitals").screenshot(path=str(DOCS / "dashboard-390-vitals.png"))
+        assert found["scroll"] <= found["inner"], "the page scrolls sideways"
+        assert found["card"][0] <= found["table"][0] and found["table"][1] <= found["card"][1] + 0.5
+        assert max(found["cells"]) <= found["card"][1] + 0.5, "a number column sticks out of the card"
+        texts = [n["text"] for n in found["names"]]
+        assert set(LONG_PATHS) <= set(texts), texts
+        for name in found["names"]:
+            assert name["title"] == name["text"], name
+            assert not name["clipped"], f"{name['text']} is cut off"
+            assert found["card"][0] <= name["left"] and name["right"] <= found["card"][1], name
+    finally:
+        context.close()
