@@ -201,7 +201,7 @@ def load(query: Query, database: str, filters: Filters) -> Dashboard:
     ]
     sources = _top([(r[2], int(r[6]), int(r[7])) for r in visits if r[0] == 0 and r[6] > 0])
     bucket = "hourly" if filters.hourly else "daily"
-    if filters.source:
+    if one_pass(filters):
         tables = _split(query(sql(BREAKDOWN.replace("/*bucket*/", BUCKET[bucket])), params))
         series_rows = tables.pop("series")
     else:
@@ -211,6 +211,15 @@ def load(query: Query, database: str, filters: Filters) -> Dashboard:
     tables = {name: tables[name] for name in TABLES}
     sites = [r[0] for r in run("sites")]
     return Dashboard(filters, kpis, _series(filters, series_rows), tables, sites)
+
+
+def one_pass(filters: Filters) -> bool:
+    """Whether the row-level panels share one pass (`BREAKDOWN`): with a filter that the
+    table's sort key cannot narrow (page, source, country, device), every per-panel query
+    would read the whole range again to keep a few rows, while one pass reads it once and
+    aggregates only what the filters keep. Unfiltered (or by site only), the panels' own
+    queries are cheaper than one query computing every grouping."""
+    return bool(filters.source or filters.page or filters.country or filters.device)
 
 
 #: the tables in the order the page shows them
