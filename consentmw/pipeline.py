@@ -129,6 +129,16 @@ class Collector:
             view(hit)
         return self.writer.put(hit)
 
+    def submit_many(self, hits: list[Hit]) -> int:
+        """`submit` for a beacon's batch: one queue operation; returns how many were taken."""
+        self.stats.accepted += len(hits)
+        view = self.on_visitor_view
+        if view is not None:
+            for hit in hits:
+                if hit.visitor_id is not None and hit.event_type == "pageview" and type(hit) is Hit:
+                    view(hit)
+        return self.writer.put_many(hits)
+
     def record(self, record: ConsentRecord) -> None:
         self.writer.put(record)
 

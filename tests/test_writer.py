@@ -179,6 +179,23 @@ def test_full_overflow_and_spool_drop_counted(store: Store, tmp_path: Any) -> No
     assert s.spooled + s.dropped == 200 and s.spooled == 10 and s.dropped == 190
 
 
+def test_a_beacon_batch_is_queued_whole_or_spilled_and_counted(store: Store, tmp_path: Any) -> None:
+    """submit_many (the beacon's one-step queueing) keeps put's bounds: what fits is queued,
+    the rest goes to the overflow, and only what neither holds is dropped (and counted)."""
+    col = store.collector(spool_dir=str(tmp_path / "spool"), queue_size=10, batch_size=10, flush_interval=60.0)
+    col.writer.overflow_size = 5
+    col.writer.stats.sink_healthy = False
+    assert col.submit_many([hit("many.test", i) for i in range(8)]) == 8   # fits: one step
+    assert len(col.writer.queue) == 8
+    assert col.writer._wake.is_set(), "past the early mark (half the queue) the writer is woken"
+    # 8 more: 2 fit the queue, 5 the overflow, 1 is dropped and counted
+    assert col.submit_many([hit("many.test", i) for i in range(8, 16)]) == 7
+    assert len(col.writer.queue) == 10 and len(col.writer.overflow) == 5 and col.stats.dropped == 1
+    assert col.stats.accepted == 16
+    col.stop()
+    assert col.stats.spooled + col.stats.dropped == 16
+
+
 # -- poison ---------------------------------------------------------------------------------
 def test_poison_record_is_quarantined_and_the_rest_replays(store: Store, tmp_path: Any) -> None:
     site = "poison.test"

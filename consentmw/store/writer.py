@@ -229,7 +229,8 @@ class Writer:
         queue = self.queue
         if len(queue) < self.queue_size:
             queue.append(item)
-            if len(queue) >= self._early:
+            # (Event.set takes a lock and notifies: only the first put past the mark pays it)
+            if len(queue) >= self._early and not self._wake.is_set():
                 self._wake.set()
             return True
         if len(self.overflow) < self.overflow_size:
@@ -238,6 +239,17 @@ class Writer:
             return True
         self._drop(1, "queue and overflow full")
         return False
+
+    def put_many(self, items: list[Any]) -> int:
+        """Queue a batch (a beacon's events) in one step; returns how many were taken
+        (the rest spilled or dropped and counted, item by item, as `put` does)."""
+        queue = self.queue
+        if len(queue) + len(items) <= self.queue_size:
+            queue.extend(items)
+            if len(queue) >= self._early and not self._wake.is_set():
+                self._wake.set()
+            return len(items)
+        return sum(self.put(item) for item in items)
 
     # -- lifecycle ------------------------------------------------------------
     @property

@@ -8,14 +8,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from consentmw.web.api import ConsentAPI
-from consentmw.collect.beacon import BODY_LIMIT, BeaconError, validate_batch
+from consentmw.collect.beacon import BODY_LIMIT, MAX_EVENTS, BeaconError, validate_batch
 from consentmw.collect.beacon_schema import fast_events
-from consentmw.collect.hit import Hit
+from consentmw.collect.hit import Hit, new_hit
 from consentmw.collect.useragent import MAX_UA
 from consentmw.web.http import HTTPProblem, header, header_bytes, parse_json, read_body
 from consentmw.core.ratelimit import TokenBuckets
 
 _TYPES = ("application/json", "text/plain")
+#: the 202 answer's body for each batch size, built once
+_ACCEPTED = [b'{"accepted":%d}' % n for n in range(MAX_EVENTS + 1)]
 
 
 def register(api: ConsentAPI) -> None:
@@ -55,11 +57,12 @@ def register(api: ConsentAPI) -> None:
         ua = ua if len(ua) <= MAX_UA else b""
         lang = header_bytes(scope, b"accept-language")[:256]
         forwarded = forwarded[-1024:]
-        for event in events:
-            collector.submit(Hit(now, event["type"], site, event["path"], state.id or "", state.policy_version,
-                                 state.collecting, state.visitor_id, peer, forwarded, ua, lang, "", None,
-                                 0, 0, event))
-        return JSONResponse({"accepted": len(events)}, status_code=202, headers={"Cache-Control": "no-store"})
+        consent_id, version, purposes, visitor = state.id or "", state.policy_version, state.collecting, state.visitor_id
+        collector.submit_many([new_hit(Hit, (now, event["type"], site, event["path"], consent_id, version, purposes,
+                                             visitor, peer, forwarded, ua, lang, "", None, 0, 0, event))
+                               for event in events])
+        return Response(_ACCEPTED[len(events)], status_code=202, media_type="application/json",
+                        headers={"Cache-Control": "no-store"})
 
     api.add("POST", "/collect", collect)
 

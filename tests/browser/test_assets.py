@@ -28,6 +28,9 @@ class NullCollector:
     def submit(self, hit: Any) -> bool:
         return True
 
+    def submit_many(self, hits: Any) -> int:
+        return len(hits)
+
     def record(self, record: Any) -> None:
         pass
 
