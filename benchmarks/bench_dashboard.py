@@ -4,7 +4,10 @@ Rows are generated inside ClickHouse (`INSERT … SELECT … FROM numbers(N)`), 
 days and three sites: page views (3 % of them 404s), vitals, outbound clicks and custom
 events, 8,000 visitors a day (about 3 page views each), 200 pages, 20 countries; plus 50,000 consent decisions.
 Timed: `load()` (every panel's query) plus `render()` (the HTML), as the live route runs
-them; warm medians, and the first (cold) run. Side by side in the same run: the floor,
+them (with the daily roll-up: the first, cold, load of the 30-day view also computes it for
+the 29 closed days; later loads read it and count today from the raw rows); warm medians,
+and the first (cold) run. The visitor code is keyed by visitor, day and site, as the
+collector's is. Side by side in the same run: the floor,
 one `count()` over the same 30 days (a single scan; no dashboard can be faster), and the
 baseline, the documented SQL of docs/analysts.md run one query per panel (what `load()`
 did before it shared scans) for the 30-day and the source-filtered view.
@@ -48,7 +51,7 @@ SELECT generateUUIDv4(), ts, site, kind, concat('p', toString(visitor % 5000)), 
   if(kind = 'click', ['docs.example', 'github.com', 'x.com'][number % 3 + 1], ''),
   if(kind = 'click', concat('/', toString(number % 40)), ''),
   if(kind = 'custom', ['signup', 'download', 'search'][number % 3 + 1], ''),
-  cityHash64(visitor, toDate(ts))
+  cityHash64(visitor, toDate(ts), site)
 FROM (SELECT number, {start} + toIntervalMillisecond(intDiv(number * 2592000000, {rows})) AS ts,
              ['example.com', 'blog.example.com', 'shop.example.com'][number % 3 + 1] AS site,
              multiIf(number % 100 < 70, 'pageview', number % 100 < 85, 'vitals', number % 100 < 93, 'click',
@@ -96,6 +99,9 @@ def main() -> int:
 
         counted: list[int] = []
 
+        def command(sql: str, params: dict[str, Any]) -> Any:
+            return client.command(sql, parameters=params)
+
         def timed(params: dict[str, str], documented: bool = False) -> tuple[float, list[float], list[float]]:
             """Wall time of the first run, then wall and CPU time (every thread of this
             process: chDB runs in it) of the warm runs."""
@@ -113,7 +119,8 @@ def main() -> int:
                     for panel in panels(filters):
                         counting(sql_for(panel, filters, db), filters.params())
                 else:
-                    page = render(load(counting, db, filters), live=True, stylesheet="/_consent/admin/dashboard.css")
+                    data = load(counting, db, filters, rollup=True, command=command)  # as the live route
+                    page = render(data, live=True, stylesheet="/_consent/admin/dashboard.css")
                     assert "Page views" in page
                 runs.append(time.perf_counter() - start)
                 cpu.append(time.process_time() - start_cpu)

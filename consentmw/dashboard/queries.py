@@ -169,7 +169,8 @@ def _ratio(a: float, b: float) -> float | None:
     return a / b if b else None
 
 
-def load(query: Query, database: str, filters: Filters) -> Dashboard:
+def load(query: Query, database: str, filters: Filters, *, rollup: bool = False,
+         command: Callable[[str, dict[str, Any]], Any] | None = None) -> Dashboard:
     """Run the panels and assemble the dashboard.
 
     Same numbers as the documented queries in `SQL` (tests compare them), in fewer
@@ -180,6 +181,12 @@ def load(query: Query, database: str, filters: Filters) -> Dashboard:
     """
     params = filters.params()
     blocked = bool(query(HAS_BLOCKED.replace("consentmw.", f"{database}."), {})[0][0])
+    if rollup:
+        from consentmw.dashboard import rollup as daily
+
+        if daily.applies(filters):
+            return _from_counts(query, database, filters, blocked, *daily.load_counts(
+                query, command, database, filters, blocked))
 
     def sql(text: str) -> str:
         return _prepare(text, filters, database, blocked)
@@ -189,16 +196,8 @@ def load(query: Query, database: str, filters: Filters) -> Dashboard:
 
     visits = query(sql(VISITS), params)
     periods = {bool(r[1]): (int(r[3]), int(r[4]), int(r[5])) for r in visits if r[0] == 1}
-    now, before = periods.get(True, (0, 0, 0)), periods.get(False, (0, 0, 0))
     consent = {bool(c): (int(d), int(o)) for c, d, o in run("consent")}
-    c_now, c_before = consent.get(True, (0, 0)), consent.get(False, (0, 0))
-    kpis = [
-        KPI("Visitors", now[0], before[0]),
-        KPI("Page views", now[1], before[1]),
-        KPI("Views per visit", _ratio(now[1], now[0]), _ratio(before[1], before[0]), "ratio"),
-        KPI("Bounce rate", _ratio(now[2], now[0]), _ratio(before[2], before[0]), "percent", "down"),
-        KPI("Consent opt-in", _ratio(c_now[1], c_now[0]), _ratio(c_before[1], c_before[0]), "percent"),
-    ]
+    kpis = _kpis(periods, consent)
     sources = _top([(r[2], int(r[6]), int(r[7])) for r in visits if r[0] == 0 and r[6] > 0])
     bucket = "hourly" if filters.hourly else "daily"
     if one_pass(filters):
@@ -211,6 +210,44 @@ def load(query: Query, database: str, filters: Filters) -> Dashboard:
     tables = {name: tables[name] for name in TABLES}
     sites = [r[0] for r in run("sites")]
     return Dashboard(filters, kpis, _series(filters, series_rows), tables, sites)
+
+
+def _kpis(periods: dict[bool, tuple[int, int, int]], consent: dict[bool, tuple[int, int]]) -> list[KPI]:
+    now, before = periods.get(True, (0, 0, 0)), periods.get(False, (0, 0, 0))
+    c_now, c_before = consent.get(True, (0, 0)), consent.get(False, (0, 0))
+    return [
+        KPI("Visitors", now[0], before[0]),
+        KPI("Page views", now[1], before[1]),
+        KPI("Views per visit", _ratio(now[1], now[0]), _ratio(before[1], before[0]), "ratio"),
+        KPI("Bounce rate", _ratio(now[2], now[0]), _ratio(before[2], before[0]), "percent", "down"),
+        KPI("Consent opt-in", _ratio(c_now[1], c_now[0]), _ratio(c_before[1], c_before[0]), "percent"),
+    ]
+
+
+def _from_counts(query: Query, database: str, filters: Filters, blocked: bool, daily: list[tuple[Any, ...]],
+                 counts: list[tuple[Any, ...]]) -> Dashboard:
+    """The dashboard from the roll-up's answers (`consentmw.dashboard.rollup`): daily
+    visits, page views and bounces, and every table panel but vitals, already ranked."""
+    params = filters.params()
+
+    def run(name: str) -> list[tuple[Any, ...]]:
+        return query(_prepare(SQL[name], filters, database, blocked), params)
+
+    periods: dict[bool, tuple[int, int, int]] = {}
+    series = []
+    for day, visits, views, bounces in daily:
+        current = day >= filters.start
+        v, p, b = periods.get(current, (0, 0, 0))
+        periods[current] = (v + int(visits), p + int(views), b + int(bounces))
+        if current and views:
+            series.append((day, int(views), int(visits)))
+    consent = {bool(c): (int(d), int(o)) for c, d, o in run("consent")}
+    tables: dict[str, list[tuple[Any, ...]]] = {name: [] for name in TABLES}
+    for panel, key, a, b in counts:
+        tables[panel].append((key, int(a), int(b)))
+    tables["vitals"] = run("vitals")
+    sites = [r[0] for r in run("sites")]
+    return Dashboard(filters, _kpis(periods, consent), _series(filters, series), tables, sites)
 
 
 def one_pass(filters: Filters) -> bool:

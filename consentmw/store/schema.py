@@ -16,6 +16,7 @@ from typing import Any
 
 from consentmw.core.fields import LEDGER_COLUMNS, Column, columns_for, table_for
 from consentmw.store.layout import Layout
+from consentmw.store.rollup import statements as rollup_statements  # the dashboard's daily counts
 from consentmw.store.views import statements as view_statements  # analyst views, visitor profile
 
 SCHEMA_VERSION = 1
@@ -68,6 +69,7 @@ class Schema(Layout):
                    f" ENGINE = {salt_engine}\nORDER BY day\nTTL day + toIntervalDay(2)\n"
                    f"SETTINGS non_replicated_deduplication_window = 1000")
         out.extend(view_statements(self))
+        out.extend(rollup_statements(self))
         return out
 
     def event_table(self, table: str, columns: tuple[Column, ...], retention_days: int,

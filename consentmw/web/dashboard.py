@@ -98,7 +98,13 @@ def register(api: "ConsentAPI") -> None:
         def query(sql: str, parameters: dict[str, Any]) -> list[tuple[Any, ...]]:
             return sink.query(sql, parameters=parameters).result_rows
 
-        return render(load(query, sink.database, filters), title="Dashboard", stylesheet=stylesheet)
+        def command(sql: str, parameters: dict[str, Any]) -> Any:
+            return sink.command(sql, parameters=parameters)
+
+        # the daily roll-up (kept current by the dashboard itself) exists on a single server
+        cluster = bool(getattr(getattr(sink, "schema", None), "cluster", None))
+        data = load(query, sink.database, filters, rollup=not cluster, command=command)
+        return render(data, title="Dashboard", stylesheet=stylesheet)
 
     async def dashboard(request: "Request") -> Response:
         token = enabled()

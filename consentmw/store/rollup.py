@@ -1,0 +1,38 @@
+"""DDL of the dashboard's daily roll-up: per closed day, site, panel and key, the counts the
+dashboard shows (page views, visitors, visits, bounces, clicks, events), and which state of
+the statistics table each day was computed from.
+
+Only counts: no visitor code, consent id or anything else per visitor is kept here, so
+nothing in it can outlive an erasure, and it expires with the statistics (same retention as
+the `statistics` purpose, as a TTL). It is a cache the dashboard fills and checks itself
+(`consentmw.dashboard.rollup`): a day whose row count or blocked rows changed since it was
+computed is recomputed before it is used, so late rows, expired rows and blocking all show.
+Not created on a cluster (the dashboard reads the statistics table there).
+"""
+
+from __future__ import annotations
+
+from consentmw.store.layout import Layout
+
+DAILY = "dashboard_daily"
+DAYS = "dashboard_days"
+
+
+def statements(layout: Layout) -> list[str]:
+    """Idempotent DDL for both tables (nothing without a collecting `statistics` purpose)."""
+    policy = layout.policy
+    if layout.cluster or "statistics" not in policy or not policy["statistics"].collects:
+        return []
+    db = layout.database
+    ttl = f"day + toIntervalDay({int(policy['statistics'].retention_days) + 1})"
+    return [
+        f"CREATE TABLE IF NOT EXISTS {db}.{DAILY} (\n"
+        f"  day Date, version UInt64, site String, panel LowCardinality(String), key String,\n"
+        f"  a UInt64, b UInt64, c UInt64\n) ENGINE = MergeTree\n"
+        f"ORDER BY (day, version, panel, site, key)\nTTL {ttl}",
+        f"ALTER TABLE {db}.{DAILY} MODIFY TTL {ttl}",
+        f"CREATE TABLE IF NOT EXISTS {db}.{DAYS} (\n"
+        f"  day Date, version UInt64, rows UInt64, blocked UInt64\n"
+        f") ENGINE = ReplacingMergeTree(version)\nORDER BY day\nTTL {ttl}",
+        f"ALTER TABLE {db}.{DAYS} MODIFY TTL {ttl}",
+    ]
