@@ -32,6 +32,7 @@ from consentmw.collect.minimise import Minimiser
 from consentmw.collect.salt import DailySalts
 from consentmw.core.ledger import ConsentRecord
 from consentmw.core.settings import Settings
+from consentmw.heap import freeze_startup_heap
 from consentmw.serving import current_server, several_workers_problem
 from consentmw.store.chdb_lock import held_by_a_sibling, locked_elsewhere
 from consentmw.store.dsn import choose_database, parse_dsn
@@ -157,6 +158,8 @@ class Collector:
             self.writer.start()
             for companion in self.companions:
                 companion.start()
+            if self.settings.freeze_gc:
+                freeze_startup_heap()  # short full collections from here on (consentmw/heap.py)
             if not self._atexit:
                 # Servers that send no lifespan events: drain when the interpreter exits.
                 atexit.register(self.stop)

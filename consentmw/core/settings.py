@@ -68,6 +68,7 @@ class Settings:
     erase_queue: int = 8                       # erasures waiting or running per process; more answer 503
     floating_button: bool = True
     allow_shorter_retention: bool = False      # let start-up migrate a shorter retention (deletes older rows)
+    freeze_gc: bool = True                     # gc.freeze() the start-up heap (see consentmw/heap.py)
 
     _ENV = {
         "secret_key": "CONSENTMW_SECRET_KEY",
@@ -82,6 +83,7 @@ class Settings:
         "forwarded_header": "CONSENTMW_FORWARDED_HEADER",
         "cookie_domain": "CONSENTMW_COOKIE_DOMAIN",
         "allow_shorter_retention": "CONSENTMW_ALLOW_SHORTER_RETENTION",
+        "freeze_gc": "CONSENTMW_FREEZE_GC",
         "allowed_hosts": "CONSENTMW_ALLOWED_HOSTS",
     }
 
@@ -112,11 +114,12 @@ class Settings:
             values["policy"] = Policy.from_file(policy)
         elif not isinstance(policy, Policy):
             raise SettingsError("policy must be a Policy or a path to a TOML file")
-        flag = values.get("allow_shorter_retention")
-        if isinstance(flag, str):
-            if flag.strip().lower() not in ("1", "true", "yes", "0", "false", "no"):
-                raise SettingsError("CONSENTMW_ALLOW_SHORTER_RETENTION must be 1/true/yes or 0/false/no")
-            values["allow_shorter_retention"] = flag.strip().lower() in ("1", "true", "yes")
+        for name in ("allow_shorter_retention", "freeze_gc"):
+            flag = values.get(name)
+            if isinstance(flag, str):
+                if flag.strip().lower() not in ("1", "true", "yes", "0", "false", "no"):
+                    raise SettingsError(f"CONSENTMW_{name.upper()} must be 1/true/yes or 0/false/no")
+                values[name] = flag.strip().lower() in ("1", "true", "yes")
         for name in ("trusted_proxies", "allowed_origins", "allowed_hosts"):
             if isinstance(values.get(name), str):
                 values[name] = _split(values[name])

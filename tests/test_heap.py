@@ -1,0 +1,66 @@
+"""The start-up heap is frozen once per process (short full collections while serving),
+unless `freeze_gc` is off. Each case runs in a fresh interpreter: freezing is per process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from consentmw.core.settings import Settings, SettingsError
+
+SCRIPT = """
+import asyncio, gc, sys
+from starlette.applications import Starlette
+from consentmw import ConsentMiddleware
+
+app = ConsentMiddleware(Starlette(), secret_key="heap-test-secret-0123456789", clickhouse_dsn="chdb://" + sys.argv[1],
+                        spool_dir=sys.argv[1] + "-spool")
+before = gc.get_freeze_count()
+
+async def lifespan():
+    queue = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent = []
+    async def receive():
+        return queue.pop(0)
+    async def send(message):
+        sent.append(message["type"])
+    await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
+    return sent
+
+sent = asyncio.run(lifespan())
+print(before, gc.get_freeze_count(), ",".join(sent))
+"""
+
+
+def run(tmp_path: Path, **env: str) -> list[str]:
+    out = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "chdb")], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, **env})
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
+def test_startup_freezes_the_heap_once(tmp_path: Path) -> None:
+    before, after, sent = run(tmp_path)
+    assert int(before) == 0
+    # everything built at start-up (modules, the chDB client, the policy) is out of the collector's way
+    assert int(after) > 10_000
+    assert sent == "lifespan.startup.complete,lifespan.shutdown.complete"
+
+
+def test_freeze_gc_off_leaves_the_collector_alone(tmp_path: Path) -> None:
+    before, after, _ = run(tmp_path, CONSENTMW_FREEZE_GC="0")
+    assert int(before) == int(after) == 0
+
+
+@pytest.mark.parametrize("value", ["maybe", "2", ""])
+def test_freeze_gc_from_the_environment_is_checked(value: str) -> None:
+    env = {"CONSENTMW_FREEZE_GC": value}
+    if not value:  # empty: unset, the default
+        assert Settings.build({"secret_key": "heap-test-secret-0123456789"}, env).freeze_gc is True
+        return
+    with pytest.raises(SettingsError, match="CONSENTMW_FREEZE_GC must be"):
+        Settings.build({"secret_key": "heap-test-secret-0123456789"}, env)
