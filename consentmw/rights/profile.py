@@ -42,6 +42,8 @@ RECENT = 10
 PENDING = 20
 #: Python's own cost of one pending note (tuple, int, deque slot), roughly
 _PENDING_OVERHEAD = 100
+#: notes are sorted into visitors this many at a time (or before a profile is read)
+_FOLD_EVERY = 256
 _SECTION = re.compile(r"^/[^/?#]*")
 
 
@@ -114,6 +116,8 @@ class ProfileService:
         # visitor id -> (ms since epoch, path) of their page views as queued, newest last: a
         # visitor sees their own latest views at once, not after the writer and the cache.
         self._pending: dict[str, deque[tuple[int, str]]] = {}
+        #: page views noted but not yet sorted into `_pending` (at most _FOLD_EVERY)
+        self._noted: list["Hit"] = []
         self.max_pending_bytes = max_bytes // 4
         self._pending_bytes = 0
         #: the cache is bounded in bytes too: a profile holds up to ~40 paths of up to 1 KB
@@ -123,17 +127,33 @@ class ProfileService:
 
     def forget(self, visitor_id: str | None) -> None:
         if visitor_id:
+            self._fold()
             self._drop(visitor_id)
             self._forget_pending(visitor_id)
 
     def clear(self) -> None:
+        self._noted = []
         self._cache.clear()
         self._pending.clear()
         self._bytes = self._pending_bytes = 0
 
     def note(self, hit: "Hit") -> None:
         """A page view was queued (`Collector.on_visitor_view`, event loop): remember it for
-        the visitor's profile until the stored aggregate holds it."""
+        the visitor's profile until the stored aggregate holds it. Per page only an append:
+        the notes are sorted into visitors in batches, before any profile is read."""
+        noted = self._noted
+        noted.append(hit)
+        if len(noted) >= _FOLD_EVERY:
+            self._fold()
+
+    def _fold(self) -> None:
+        """Sort the page views noted since the last fold into the visitors' pending lists."""
+        noted = self._noted
+        self._noted = []
+        for hit in noted:
+            self._note_one(hit)
+
+    def _note_one(self, hit: "Hit") -> None:
         purpose = self.purpose
         if (purpose is None or not hit.visitor_id or purpose.id not in hit.purposes
                 or not _served(hit.status) or not hit.path):
@@ -157,6 +177,8 @@ class ProfileService:
 
     def _merged(self, profile: Profile) -> Profile:
         """The stored profile plus the visitor's page views not stored in it yet."""
+        if self._noted:
+            self._fold()
         pending = self._pending.get(profile.visitor_id)
         if not pending:
             return profile
