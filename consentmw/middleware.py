@@ -116,6 +116,7 @@ class ConsentMiddleware:
         self._states: dict[bytes, tuple[ConsentState, float, Any]] = {}
         self._wants_cache: dict[str, bool] = {}
         self._slots = {**_HEADER_SLOTS, self.settings.forwarded_header.encode(): 5}
+        self._forwarded_name = self.settings.forwarded_header.encode()
 
     # ---------------------------------------------------------------- ASGI entry
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -135,18 +136,16 @@ class ConsentMiddleware:
             await self.api(scope, receive, send)
             return
 
-        # One dict look-up per header (browsers send 10-20, most of no interest here).
-        found = [b"", b"", b"", b"", b"", b"", b""]
-        slot_of = self._slots.get
-        for key, value in scope["headers"]:
-            slot = slot_of(key)
-            if slot is not None:
-                if found[slot] and (slot == 0 or slot == 5):
-                    # HTTP/2 may split cookies over several headers; proxies may add a
-                    # forwarding line each: one list, as RFC 9110 reads repeated headers.
-                    value = found[slot] + (b"; " if slot == 0 else b", ") + value
-                found[slot] = value
-        cookie, user_agent, language, referrer, host, forwarded, gpc_header = found
+        headers = scope["headers"]
+        by_name = dict(headers)
+        if len(by_name) == len(headers):
+            # No header name repeated (the usual request): one C call builds the map.
+            get = by_name.get
+            cookie, user_agent, language = get(b"cookie", b""), get(b"user-agent", b""), get(b"accept-language", b"")
+            referrer, host, gpc_header = get(b"referer", b""), get(b"host", b""), get(b"sec-gpc", b"")
+            forwarded = get(self._forwarded_name, b"")
+        else:
+            cookie, user_agent, language, referrer, host, forwarded, gpc_header = self._repeated(headers)
         # Browsers repeat the same Cookie header request after request: what it decodes to
         # (the verified state, until it expires, and its profile accessor) is remembered per
         # header value (bounded: 4096 headers of <= 1 KB), so a returning visitor costs one
@@ -213,6 +212,21 @@ class ConsentMiddleware:
                     forwarded[-_MAX_FORWARDED:], user_agent if len(user_agent) <= _MAX_UA else b"",
                     language[:_MAX_LANGUAGE], referrer[:_MAX_REFERRER],
                     campaign_params(query) if query else None, status, (ended - started) * 1000, None)))
+
+    def _repeated(self, headers: list[tuple[bytes, bytes]]) -> list[bytes]:
+        """The headers this middleware reads, when some header name is repeated: HTTP/2 may
+        split cookies over several headers and proxies may add a forwarding line each, which
+        are joined into one list as RFC 9110 reads repeated headers; for the others the last
+        line counts."""
+        found = [b"", b"", b"", b"", b"", b"", b""]
+        slot_of = self._slots.get
+        for key, value in headers:
+            slot = slot_of(key)
+            if slot is not None:
+                if found[slot] and (slot == 0 or slot == 5):
+                    value = found[slot] + (b"; " if slot == 0 else b", ") + value
+                found[slot] = value
+        return found
 
     def _decode(self, cookie: bytes, now: float) -> tuple[ConsentState, float, Any]:
         """The consent state a Cookie header stands for, how long that holds, and the state's
