@@ -1,9 +1,10 @@
-"""The unfiltered (or site-filtered) multi-day dashboard from daily counts, not raw rows.
+"""The multi-day dashboard, unfiltered or by site and/or source, from daily counts.
 
 Why it is exact: the visitor code (`visitor_hash`) is keyed by site and UTC day (a new salt
 every day, the site hashed in), so one code never spans two days or two sites. Hence the
 distinct visitors of a range are the sum of each day's and site's distinct visitors, a
-visit lies within one day, and every panel below is a sum of per-day, per-site counts.
+visit lies within one day, and every panel below is a sum of per-day, per-site counts,
+kept apart by each visit's source (`origin`) so that the source filter is a sum too.
 (Two codes of different days colliding in 64 bits is the only way this can differ.)
 
 How it stays right: `dashboard_days` records, per closed day, the statistics rows it was
@@ -30,59 +31,90 @@ Command = Callable[[str, dict[str, Any]], Any]
 
 RANGE = ("ts >= {r_lo:DateTime64(3)} AND ts < {r_hi:DateTime64(3)} AND toDate(ts) IN {r_days:Array(Date)}")
 _STATS = "consentmw.events_statistics"
-_VISITS = (f"(SELECT toDate(ts) AS day, site, visitor_hash, count() AS views, argMin({SOURCE}, ts) AS source "
-           f"FROM {_STATS} WHERE {RANGE} AND {PAGEVIEW} AND {NOT_BLOCKED} GROUP BY day, site, visitor_hash)")
+#: Each visit's source as the source filter sees it: the source of its first page view,
+#: blocked rows included (as in the documented filter); '' for a visitor without one.
+_ORIGIN = (f"(SELECT visitor_hash, argMin({SOURCE}, ts) AS origin FROM {_STATS} "
+           f"WHERE {RANGE} AND {PAGEVIEW} GROUP BY visitor_hash)")
+#: How the raw rows get their `origin`: "join" (every visit's own, to store), "none" (''
+#: for all: the reader sums over origins), "filter" (only the visits of the filtered source).
+Origin = str
+_KEEP_SOURCE = (f"visitor_hash IN (SELECT visitor_hash FROM {_STATS} WHERE {RANGE} AND {PAGEVIEW} "
+                f"GROUP BY visitor_hash HAVING argMin({SOURCE}, ts) = {{source:String}})")
 
 
-def _by(panel: str, key: str, where: str) -> str:
-    return (f"SELECT toDate(ts) AS day, site, '{panel}' AS panel, CAST({key} AS String) AS key, "
-            f"uniqExact(visitor_hash) AS a, count() AS b, toUInt64(0) AS c "
-            f"FROM {_STATS} WHERE {RANGE} AND {where} AND {NOT_BLOCKED} GROUP BY day, site, key")
+def _rows(where: str, origin: Origin) -> tuple[str, str]:
+    """(FROM clause, origin expression) for the statistics rows matching `where`."""
+    if origin == "join":
+        return (f"(SELECT * FROM {_STATS} WHERE {where}) AS e LEFT JOIN {_ORIGIN} AS o USING visitor_hash",
+                "origin")
+    if origin == "filter":
+        return f"{_STATS} WHERE {where} AND {_KEEP_SOURCE}", "{source:String}"
+    return f"{_STATS} WHERE {where}", "''"
 
 
-#: (day, site, panel, key, a, b, c) from the raw rows of the days `r_days`, one SELECT per
-#: panel. kpis: a visits, b page views, c bounces; sources: a visits, b page views; the
-#: others: a visitors, b page views / clicks / events.
-PANELS = {
-    "kpis": f"SELECT day, site, 'kpis' AS panel, '' AS key, count() AS a, sum(views) AS b, countIf(views = 1) AS c "
-            f"FROM {_VISITS} GROUP BY day, site",
-    "sources": f"SELECT day, site, 'sources' AS panel, source AS key, count() AS a, sum(views) AS b, "
-               f"toUInt64(0) AS c FROM {_VISITS} GROUP BY day, site, source",
-    "pages": _by("pages", "path", PAGEVIEW),
-    "campaigns": _by("campaigns", "utm_campaign", f"{PAGEVIEW} AND utm_campaign != ''"),
-    "countries": _by("countries", "country", PAGEVIEW),
-    "devices": _by("devices", "device", PAGEVIEW),
-    "browsers": _by("browsers", "browser", PAGEVIEW),
-    "links": _by("links", "concat(link_host, link_path)", "event_type = 'click'"),
-    "events": _by("events", "event_name", "event_type = 'custom'"),
-}
-PARTS = "\nUNION ALL\n".join(PANELS.values())
-TABLE_PANELS = [name for name in PANELS if name != "kpis"]
+def _visits(origin: Origin) -> str:
+    rows, expr = _rows(f"{RANGE} AND {PAGEVIEW} AND {NOT_BLOCKED}", origin)
+    return (f"(SELECT toDate(ts) AS day, site, visitor_hash, {expr} AS origin, count() AS views, "
+            f"argMin({SOURCE}, ts) AS source FROM {rows} GROUP BY day, site, visitor_hash, origin)")
 
 
-def _counts(panels: list[str], raw: bool) -> str:
-    """The roll-up's rows of `panels` for the current versions of the rolled days, plus
-    (when some days are read raw) those days' rows computed from the statistics table."""
-    names = ", ".join(f"'{p}'" for p in panels)
-    rolled = (f"SELECT day, site, panel, key, a, b, c FROM consentmw.{DAILY} "
-              f"WHERE (day, version) IN {{r_rolled:Array(Tuple(Date, UInt64))}} AND panel IN ({names})")
-    return "(" + "\nUNION ALL\n".join([rolled] + ([PANELS[p] for p in panels] if raw else [])) + ")"
+def _by(panel: str, key: str, where: str, origin: Origin) -> str:
+    rows, expr = _rows(f"{RANGE} AND {where} AND {NOT_BLOCKED}", origin)
+    return (f"SELECT toDate(ts) AS day, site, {expr} AS origin, '{panel}' AS panel, CAST({key} AS String) AS key, "
+            f"uniqExact(visitor_hash) AS a, count() AS b, toUInt64(0) AS c FROM {rows} "
+            f"GROUP BY day, site, origin, key")
+
+
+def panels(origin: Origin) -> dict[str, str]:
+    """(day, site, origin, panel, key, a, b, c) from the raw rows of the days `r_days`, one
+    SELECT per panel; `origin` is the visit's source for the source filter. kpis: a visits,
+    b page views, c bounces; sources: a visits, b page views; the others: a visitors, b page
+    views / clicks / events."""
+    visits = _visits(origin)
+    return {
+        "kpis": f"SELECT day, site, origin, 'kpis' AS panel, '' AS key, count() AS a, sum(views) AS b, "
+                f"countIf(views = 1) AS c FROM {visits} GROUP BY day, site, origin",
+        "sources": f"SELECT day, site, origin, 'sources' AS panel, source AS key, count() AS a, sum(views) AS b, "
+                   f"toUInt64(0) AS c FROM {visits} GROUP BY day, site, origin, source",
+        "pages": _by("pages", "path", PAGEVIEW, origin),
+        "campaigns": _by("campaigns", "utm_campaign", f"{PAGEVIEW} AND utm_campaign != ''", origin),
+        "countries": _by("countries", "country", PAGEVIEW, origin),
+        "devices": _by("devices", "device", PAGEVIEW, origin),
+        "browsers": _by("browsers", "browser", PAGEVIEW, origin),
+        "links": _by("links", "concat(link_host, link_path)", "event_type = 'click'", origin),
+        "events": _by("events", "event_name", "event_type = 'custom'", origin),
+    }
+
+
+PARTS = "\nUNION ALL\n".join(panels("join").values())
+TABLE_PANELS = [name for name in panels("none") if name != "kpis"]
+
+
+def _counts(names: list[str], raw: Origin | None) -> str:
+    """The roll-up's rows of the panels `names` for the current versions of the rolled
+    days, plus (when some days are read raw) those days' rows from the statistics table."""
+    listed = ", ".join(f"'{p}'" for p in names)
+    rolled = (f"SELECT day, site, origin, panel, key, a, b, c FROM consentmw.{DAILY} "
+              f"WHERE (day, version) IN {{r_rolled:Array(Tuple(Date, UInt64))}} AND panel IN ({listed})")
+    fresh = panels(raw) if raw else {}
+    return "(" + "\nUNION ALL\n".join([rolled] + [fresh[p] for p in names if p in fresh]) + ")"
 
 
 SITE = "AND site = {site:String}"
+ORIGIN = "AND origin = {source:String}"
 
 
-def tables_sql(raw: bool) -> str:
+def tables_sql(raw: Origin | None) -> str:
     """Every table panel but vitals, ordered and cut as the documented queries do."""
     return (f"SELECT panel, key, sum(a) AS sa, sum(b) AS sb FROM {_counts(TABLE_PANELS, raw)}\n"
-            f"WHERE day >= {{start_day:Date}} /*site*/\nGROUP BY panel, key\n"
+            f"WHERE day >= {{start_day:Date}} /*site*/ /*origin*/\nGROUP BY panel, key\n"
             f"ORDER BY panel, if(panel = 'sources', sa, sb) DESC, key LIMIT 10 BY panel")
 
 
-def daily_sql(raw: bool) -> str:
+def daily_sql(raw: Origin | None) -> str:
     """Visits, page views and bounces per day, both periods."""
     return (f"SELECT day, sum(a) AS visits, sum(b) AS pageviews, sum(c) AS bounces FROM {_counts(['kpis'], raw)}\n"
-            f"WHERE 1 /*site*/\nGROUP BY day ORDER BY day")
+            f"WHERE 1 /*site*/ /*origin*/\nGROUP BY day ORDER BY day")
 
 
 STATUS = (f"SELECT toDate(ts) AS day, count() AS rows, /*fingerprint*/ AS blocked FROM {_STATS} "
@@ -90,21 +122,23 @@ STATUS = (f"SELECT toDate(ts) AS day, count() AS rows, /*fingerprint*/ AS blocke
 FINGERPRINT = "sumIf(cityHash64(consent_id), NOT (" + NOT_BLOCKED + "))"
 RECORDS = (f"SELECT day, max(version), argMax(rows, version), argMax(blocked, version) FROM consentmw.{DAYS} "
            f"WHERE day >= {{r_first:Date}} AND day <= {{r_last:Date}} GROUP BY day")
-COMPUTE = (f"INSERT INTO consentmw.{DAILY} (day, version, site, panel, key, a, b, c)\n"
-           f"SELECT day, {{r_version:UInt64}}, site, panel, key, a, b, c FROM ({PARTS})")
+COMPUTE = (f"INSERT INTO consentmw.{DAILY} (day, version, site, origin, panel, key, a, b, c)\n"
+           f"SELECT day, {{r_version:UInt64}}, site, origin, panel, key, a, b, c FROM ({PARTS})")
 RECORD = f"INSERT INTO consentmw.{DAYS} (day, version, rows, blocked) VALUES"
 
 
 def applies(filters: Filters) -> bool:
-    """Only views whose every panel is a sum of per-day, per-site counts: no filter finer
-    than the site (those keep their own one-pass query) and more than one day (hourly)."""
-    return not (filters.page or filters.source or filters.country or filters.device or filters.hourly)
+    """Only views whose every panel is a sum of per-day, per-site, per-visit-source counts:
+    no page, country or device filter (those keep their own one-pass query), more than one
+    day (hourly)."""
+    return not (filters.page or filters.country or filters.device or filters.hourly)
 
 
 def _text(sql: str, database: str, filters: Filters, blocked: bool) -> str:
     if not blocked:
         sql = sql.replace(f"AND {NOT_BLOCKED}", "")
     sql = sql.replace("/*site*/", SITE if filters.site else "")
+    sql = sql.replace("/*origin*/", ORIGIN if filters.source else "")
     return sql.replace("consentmw.", f"{database}.")
 
 
@@ -150,6 +184,7 @@ def load_counts(query: Callable[[str, dict[str, Any]], list[tuple[Any, ...]]], c
         stale = []
     raw = sorted(stale + [d for d in status if d >= today])
     read = {**params, **_days_params(raw), "r_rolled": rolled}
-    kpis = query(_text(daily_sql(bool(raw)), database, filters, blocked), read)
-    tables = query(_text(tables_sql(bool(raw)), database, filters, blocked), read)
+    origin = ("filter" if filters.source else "none") if raw else None
+    kpis = query(_text(daily_sql(origin), database, filters, blocked), read)
+    tables = query(_text(tables_sql(origin), database, filters, blocked), read)
     return kpis, tables

@@ -1,5 +1,5 @@
-"""DDL of the dashboard's daily roll-up: per closed day, site, panel and key, the counts the
-dashboard shows (page views, visitors, visits, bounces, clicks, events), and which state of
+"""DDL of the dashboard's daily roll-up: per closed day, site, visit source, panel and key,
+the counts the dashboard shows (page views, visitors, visits, bounces, clicks, events), and which state of
 the statistics table each day was computed from.
 
 Only counts: no visitor code, consent id or anything else per visitor is kept here, so
@@ -27,9 +27,9 @@ def statements(layout: Layout) -> list[str]:
     ttl = f"day + toIntervalDay({int(policy['statistics'].retention_days) + 1})"
     return [
         f"CREATE TABLE IF NOT EXISTS {db}.{DAILY} (\n"
-        f"  day Date, version UInt64, site String, panel LowCardinality(String), key String,\n"
-        f"  a UInt64, b UInt64, c UInt64\n) ENGINE = MergeTree\n"
-        f"ORDER BY (day, version, panel, site, key)\nTTL {ttl}",
+        f"  day Date, version UInt64, site String, origin String, panel LowCardinality(String),\n"
+        f"  key String, a UInt64, b UInt64, c UInt64\n) ENGINE = MergeTree\n"
+        f"ORDER BY (day, version, panel, site, origin, key)\nTTL {ttl}",
         f"ALTER TABLE {db}.{DAILY} MODIFY TTL {ttl}",
         f"CREATE TABLE IF NOT EXISTS {db}.{DAYS} (\n"
         f"  day Date, version UInt64, rows UInt64, blocked UInt64\n"

@@ -91,6 +91,7 @@ VIEWS = [
     {"range": "30d", "site": "site.test"},
     {"range": "30d", "country": "GB", "device": "desktop"},
     {"range": "7d", "source": "Google"},
+    {"range": "30d", "source": "(direct)", "site": "site.test"},
     {"range": "30d", "page": "/pricing", "site": "site.test"},
     {"range": "custom", "from": "2000-01-01", "to": "2000-01-31"},
 ]

@@ -24,7 +24,7 @@ def test_migration_makes_the_tables_with_the_statistics_retention(ch: Any, chdb_
     # counts only: nothing per visitor can outlive an erasure or a retention here
     columns = {r[0] for r in ch.query(f"SELECT name FROM system.columns WHERE database = '{database}' "
                                       f"AND table IN ('{DAILY}', '{DAYS}')").result_rows}
-    assert columns == {"day", "version", "site", "panel", "key", "a", "b", "c", "rows", "blocked"}
+    assert columns == {"day", "version", "site", "origin", "panel", "key", "a", "b", "c", "rows", "blocked"}
     sink.client().command(Schema(Policy.default(), database).statements()[-1])  # idempotent
     sink.close()
 
