@@ -16,11 +16,14 @@ documented copies of these queries and compares their numbers with every panel.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from consentmw.core.policy import Policy
 from consentmw.dashboard.filters import Filters
+
+log = logging.getLogger("consentmw.dashboard")
 
 #: What the dashboard says, and `consentmw report` refuses with, when there is nothing to count.
 NO_STATISTICS = ("This site's policy has no statistics purpose (or it collects nothing), so no page views "
@@ -185,8 +188,13 @@ def load(query: Query, database: str, filters: Filters, *, rollup: bool = False,
         from consentmw.dashboard import rollup as daily
 
         if daily.applies(filters):
-            return _from_counts(query, database, filters, blocked, *daily.load_counts(
-                query, command, database, filters, blocked))
+            try:
+                counts = daily.load_counts(query, command, database, filters, blocked)
+            except Exception as exc:  # noqa: BLE001 - e.g. a store not migrated yet: read the rows
+                log.warning("consentmw: the dashboard's daily counts are unavailable (%s); reading the "
+                            "statistics table instead", str(exc).splitlines()[0][:200] if str(exc) else exc)
+            else:
+                return _from_counts(query, database, filters, blocked, *counts)
 
     def sql(text: str) -> str:
         return _prepare(text, filters, database, blocked)

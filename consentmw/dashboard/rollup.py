@@ -19,12 +19,15 @@ the consent panel and the site list always read their tables directly.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 from typing import Any, Callable
 
 from consentmw.dashboard.filters import Filters
 from consentmw.dashboard.queries import NOT_BLOCKED, PAGEVIEW, SOURCE
 from consentmw.store.rollup import DAILY, DAYS
+
+log = logging.getLogger("consentmw.dashboard")
 
 #: runs a statement that returns nothing (the roll-up's INSERT … SELECT)
 Command = Callable[[str, dict[str, Any]], Any]
@@ -175,13 +178,18 @@ def load_counts(query: Callable[[str, dict[str, Any]], list[tuple[Any, ...]]], c
             stale.append(day)
     if stale and command is not None:
         version = time.time_ns() // 1000
-        command(_text(COMPUTE, database, filters, blocked), {**_days_params(stale), "r_version": version})
-        # recorded with the state measured before computing: a row that arrived in between
-        # makes the day differ next time, and it is computed again
-        values = ", ".join(f"('{d.isoformat()}', {version}, {status[d][0]}, {status[d][1]})" for d in stale)
-        command(_text(RECORD, database, filters, blocked) + " " + values, {})
-        rolled += [(d, version) for d in stale]
-        stale = []
+        try:
+            command(_text(COMPUTE, database, filters, blocked), {**_days_params(stale), "r_version": version})
+            # recorded with the state measured before computing: a row that arrived in
+            # between makes the day differ next time, and it is computed again
+            values = ", ".join(f"('{d.isoformat()}', {version}, {status[d][0]}, {status[d][1]})" for d in stale)
+            command(_text(RECORD, database, filters, blocked) + " " + values, {})
+        except Exception as exc:  # noqa: BLE001 - e.g. a read-only user: count these days from the rows
+            log.warning("consentmw: could not store the dashboard's daily counts (%s)",
+                        str(exc).splitlines()[0][:200] if str(exc) else exc)
+        else:
+            rolled += [(d, version) for d in stale]
+            stale = []
     raw = sorted(stale + [d for d in status if d >= today])
     read = {**params, **_days_params(raw), "r_rolled": rolled}
     origin = ("filter" if filters.source else "none") if raw else None

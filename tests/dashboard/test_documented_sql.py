@@ -213,3 +213,36 @@ async def test_panels_agree_while_a_visitor_is_blocked(seeded: Any, ch: Any, dat
         data = run(filters)
         assert shown(data) == expected(run_documented(ch, database, filters), filters), params
     assert run(parse({}, today)).kpis[1].value == before.kpis[1].value - views
+
+
+async def test_without_the_rollup_tables_the_dashboard_reads_the_rows(seeded: Any, ch: Any, database: str,
+                                                                      caplog: Any) -> None:
+    """A store migrated by an older version (auto-migration off) has no roll-up tables yet:
+    the live dashboard still shows the documented numbers, from the statistics table."""
+    ch.command(f"DROP TABLE {database}.dashboard_days")
+    today = dt.datetime.now(dt.timezone.utc).date()
+    for params in ({}, {"source": "Google"}):
+        filters = parse(params, today)
+        assert shown(loader(ch, database, "rollup")(filters)) == expected(run_documented(ch, database, filters),
+                                                                          filters)
+    assert "daily counts are unavailable" in caplog.text
+
+
+async def test_a_store_that_refuses_writes_still_gets_the_numbers(seeded: Any, ch: Any, database: str,
+                                                                  caplog: Any) -> None:
+    """The roll-up cannot be written (a read-only user, a full disk): closed days are counted
+    from the rows in the same query, and nothing is recorded as computed."""
+    today = dt.datetime.now(dt.timezone.utc).date()
+
+    def query(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        return ch.query(sql, parameters=params).result_rows
+
+    def refusing(sql: str, params: dict[str, Any]) -> Any:  # ClickHouse refuses the write itself
+        return ch.command(sql.replace(f"INSERT INTO {database}.", "INSERT INTO no_such_database."),
+                          parameters=params)
+
+    filters = parse({"range": "7d"}, today)
+    data = load(query, database, filters, rollup=True, command=refusing)
+    assert shown(data) == expected(run_documented(ch, database, filters), filters)
+    assert "could not store the dashboard's daily counts" in caplog.text
+    assert ch.query(f"SELECT count() FROM {database}.dashboard_days").result_rows[0][0] == 0
