@@ -116,7 +116,9 @@ def _text(value: Any, where: str, limit: int) -> str:
 
 
 def _number(value: Any, where: str, limit: float, integer: bool) -> float | int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    # (an int is compared as it is: math.isfinite would raise on one too large for a float)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            isinstance(value, float) and not math.isfinite(value)):
         raise BeaconError(f"{where}: expected a number")
     if not 0 <= value <= limit:
         raise BeaconError(f"{where}: out of range (0 to {limit:g})")
@@ -134,11 +136,23 @@ def _props(value: Any, where: str) -> dict[str, str]:
             raise BeaconError(f"{where}: property names are 1-{MAX_PROP_KEY} letters, digits, spaces or . : / - _")
         if isinstance(item, bool):
             item = "true" if item else "false"
-        elif isinstance(item, (int, float)) and math.isfinite(item):
-            item = format(item, "g")
+        elif isinstance(item, (int, float)):
+            item = number_text(item)
+            if item is None:
+                raise BeaconError(f"{where}.{key}: expected a string, boolean or number (finite, within float range)")
         elif not isinstance(item, str):
             raise BeaconError(f"{where}.{key}: expected a string, number or boolean")
         if len(item) > MAX_PROP_VALUE:
             raise BeaconError(f"{where}.{key}: longer than {MAX_PROP_VALUE} characters")
         out[key] = clean(item)
     return out
+
+
+def number_text(value: int | float) -> str | None:
+    """A property's number as stored (`format(value, "g")`), or None for one that is not a
+    finite float: NaN, infinity, or an integer too large for a float (JSON allows
+    hundreds of digits; `math.isfinite` and `format` raise OverflowError on those)."""
+    try:
+        return format(value, "g") if math.isfinite(value) else None
+    except OverflowError:
+        return None

@@ -19,7 +19,6 @@ text that does take it as it is). Beacons are nearly always ASCII
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any, Union
 from urllib.parse import urlsplit
 
@@ -27,6 +26,7 @@ import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from consentmw.collect import beacon as rules
+from consentmw.collect.beacon import number_text
 
 _Path = Annotated[str, Meta(pattern="^/", max_length=rules.MAX_PATH)]
 _Url = Annotated[str, Meta(max_length=rules.MAX_URL)]
@@ -136,9 +136,9 @@ def _normalise(event: Any) -> dict[str, Any] | None:
         if item is True or item is False:
             item = "true" if item else "false"
         elif type(item) is not str:
-            if not math.isfinite(item):
+            item = number_text(item)  # None: NaN, infinity, an int too large for a float
+            if item is None:
                 return None
-            item = format(item, "g")
         if len(item) > rules.MAX_PROP_VALUE:
             return None
         props[key] = item

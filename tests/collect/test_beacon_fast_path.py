@@ -97,7 +97,7 @@ def test_escaped_or_non_ascii_text_is_left_to_the_reference(text: str) -> None:
 
 
 _hostile = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-10, max_value=10 ** 20),
+    st.none(), st.booleans(), st.integers(min_value=-10, max_value=10 ** 20), st.sampled_from([10 ** 400, -10 ** 309]),
     st.floats(allow_nan=False, allow_infinity=False), st.sampled_from([0, 0.5, 599_999.5, 600_000, 100, 100.01]),
     st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=30),
     st.sampled_from(["/", "/a?b#c", "https://x.test/p?q", "http://h", "ftp://h/", "a b", "x" * 65, "/" + "p" * 1024]),
@@ -131,3 +131,89 @@ def test_fast_path_never_accepts_more_nor_normalises_differently(events: list[di
     elif body.isascii() and b"\\" not in body:
         # in its scope, the fast path accepts every valid batch (it is not just declining)
         assert expected is None
+
+
+# -- hostile bodies found by attacking the fast path ---------------------------------------
+#: an integer JSON allows (401 digits, under Python's 4300-digit limit) that no float holds
+HUGE = "1" + "0" * 400
+
+
+def _custom(props: str) -> bytes:
+    return ('{"events": [{"type": "custom", "path": "/", "name": "n", "props": {%s}}]}' % props).encode()
+
+
+@pytest.mark.parametrize("body", [
+    ('{"events": [{"type": "timing", "path": "/", "ttfb": %s}]}' % HUGE).encode(),
+    ('{"events": [{"type": "timing", "path": "/", "load": -%s}]}' % HUGE).encode(),
+    ('{"events": [{"type": "vitals", "path": "/", "cls": %s}]}' % HUGE).encode(),
+    _custom(f'"k": {HUGE}'),
+    _custom(f'"k": -{HUGE}'),
+    _custom(f'"ok": 1, "k": {HUGE}'),
+])
+def test_integers_beyond_float_range_are_refused_with_a_reason(body: bytes) -> None:
+    """Both validators used to raise OverflowError (math.isfinite / format on a 401-digit
+    int): a 500 from /collect instead of a 400."""
+    with pytest.raises(BeaconError):
+        validate_batch(parse_json(body))
+    assert fast_events(body) is None
+
+
+@pytest.mark.parametrize("body", [
+    _custom('"k": 1' + "0" * 308),  # the largest integers a float holds are still numbers
+    _custom('"k": 18446744073709551616, "m": -9223372036854775809'),  # past int64 / uint64
+    _custom('"k": -0, "m": -0.0, "n": 1e-400, "o": 1E2, "p": 123456789'),
+    _custom('"a": 1, "a": "x"'), _custom('"a": [1], "a": "x"'), _custom('"a": "x", "a": [1]'),
+    b'{"events": [{"type": "vitals", "path": "/", "cls": -0, "lcp": 1, "lcp": -1}]}',
+    b'{"events": [{"type": "vitals", "path": "/", "cls": -0.0, "lcp": -1, "lcp": 1}]}',
+    b'{"events": [{"type": "timing", "path": "/", "ttfb": 0.5, "load": 1.5, "dom_complete": 2.5}]}',
+    b'{"events": [{"type": "timing", "path": "/", "ttfb": 600000.0000000001}]}',
+    b'{"events": [{"type": "timing", "path": "/", "ttfb": NaN}]}',
+    b'{"events": [{"type": "timing", "path": "/", "ttfb": -Infinity}]}',
+    b'{"events": [{"type": "timing", "path": "/", "ttfb": 01}]}',
+    b'{"events": [{"type": "timing", "path": "/", "ttfb": .5}]}',
+    b'{"events": [{"type": "click", "path": "/", "type": "pageview"}]}',
+    b'{"events": [{"type": "pageview", "path": "/", "type": "click", "url": "http://a/"}]}',
+    b'{"events": [{"path": "/a", "path": "/b", "type": "pageview"}]}',
+    b'{"events": [{"type": "custom", "path": "/", "name": "n", "name": "bad<"}]}',
+    b'{"events": [{"type": "pageview", "path": "/a\x7fb"}]}',
+    b'{"events": [{"type": "pageview", "path": "/a\tb"}]}',
+    b'{"events": [{"type": "pageview", "path": "/?#"}, {"type": "pageview", "path": "/#?x"}]}',
+    b'\xef\xbb\xbf{"events": [{"type": "pageview", "path": "/"}]}',
+    b' {"events": [{"type": "pageview", "path": "/"}]}\n',
+    b'{"events": [{"type": "pageview", "path": "/"}]}{}',
+    b'{"events": [[[[[[[[[[[]]]]]]]]]]]}',
+    _custom('"k": {"a": {"b": {"c": {"d": {"e": {}}}}}}'),
+    ('{"events": [%s]}' % ", ".join(['{"type": "pageview", "path": "/"}'] * beacon.MAX_EVENTS)).encode(),
+    *[('{"events": [{"type": "click", "path": "/", "url": "%s"}]}' % url).encode() for url in [
+        "http://[::1", "http://[::1]:80/x", "https://user@host", "HTTP://User:pw@EXAMPLE.org:8080/P?q#f",
+        "http://h:99999/", "http://h:port/", "http://xn--bcher-kva.example/", "http://%00/", " http://h/",
+        "http://h/a b", "//h/a", "Https://h", "http://[v1.x]/", "http://a@b@c/", "http://h:/",
+    ]],
+])
+def test_hostile_bodies_get_the_reference_answer(body: bytes) -> None:
+    """Odd but parseable bodies: the fast path accepts them with the reference's result or
+    leaves them to it, and the reference answers (never an unexpected exception)."""
+    expected = reference(body)
+    fast = fast_events(body)
+    assert fast is None or repr(fast) == repr(expected)  # repr: -0.0 and 0.0 differ in storage
+
+
+def test_a_huge_integer_through_collect_is_a_400(tmp_path: Any) -> None:
+    """End to end: the endpoint answers 400 with a reason (it answered 500)."""
+    import asyncio
+
+    from consentmw import ConsentMiddleware
+
+    from tests.conftest import SECRET, site_app
+    from tests.faults.helpers import asgi_call, beacon_headers, closed_port
+
+    mw = ConsentMiddleware(site_app(), secret_key=SECRET, clickhouse_dsn=f"http://127.0.0.1:{closed_port()}",
+                           spool_dir=str(tmp_path / "spool"))
+    try:
+        for body in (_custom(f'"k": {HUGE}'), ('{"events": [{"type": "timing", "path": "/", "ttfb": %s}]}'
+                                                % HUGE).encode()):
+            status, answer, _ = asyncio.run(asgi_call(mw, "POST", "/_consent/collect", beacon_headers(None), body))
+            assert status == 400, answer
+            assert b"number" in answer or b"range" in answer, answer
+    finally:
+        mw.collector.stop(0.5)
