@@ -137,8 +137,8 @@ def main() -> int:
         floor = []
         for _ in range(repeats):
             start = time.perf_counter()
-            query(f"SELECT count() FROM {db}.events_statistics WHERE ts >= {{start:DateTime64(3)}} "
-                  f"AND ts < {{end:DateTime64(3)}}", thirty.params())
+            query(f"SELECT count() FROM {db}.events_statistics WHERE ts >= {{start:DateTime64(3, 'UTC')}} "
+                  f"AND ts < {{end:DateTime64(3, 'UTC')}}", thirty.params())
             floor.append(time.perf_counter() - start)
         table.add("floor: one count() over 30 days", 1, "", round(statistics.median(floor), 4), "", "", "")
         results = {}

@@ -8,7 +8,7 @@ changes daily by design, so counting distinct codes over a range counts visitor-
 grouping by the code groups one visitor's page views of one day.
 
 The SQL is written against `consentmw.` (replaced by the configured database) and takes
-ClickHouse query parameters (`{start:DateTime64(3)}`); `/*filters*/` is replaced by one
+ClickHouse query parameters (`{start:DateTime64(3, 'UTC')}`); `/*filters*/` is replaced by one
 `AND …` fragment per active filter, from `FILTER_SQL`. `tests/dashboard` runs the
 documented copies of these queries and compares their numbers with every panel.
 """
@@ -40,7 +40,7 @@ def has_statistics(policy: Policy) -> bool:
 #: runs SQL with query parameters and returns the rows
 Query = Callable[[str, dict[str, Any]], list[tuple[Any, ...]]]
 
-PERIOD = "ts >= {start:DateTime64(3)} AND ts < {end:DateTime64(3)}"
+PERIOD = "ts >= {start:DateTime64(3, 'UTC')} AND ts < {end:DateTime64(3, 'UTC')}"
 NOT_BLOCKED = ("consent_id NOT IN (SELECT subject FROM consentmw.blocked_visitors "
                "GROUP BY subject HAVING argMax(blocked, ts) = 1)")
 PAGEVIEW = "event_type = 'pageview' AND (status = 0 OR (status >= 200 AND status < 300) OR status = 304)"
@@ -54,7 +54,7 @@ FILTER_SQL = {
     "country": "AND country = {country:String}",
     "device": "AND device = {device:String}",
     "source": ("AND visitor_hash IN (SELECT visitor_hash FROM consentmw.events_statistics "
-               f"WHERE ts >= {{prev_start:DateTime64(3)}} AND ts < {{end:DateTime64(3)}} AND {PAGEVIEW} "
+               f"WHERE ts >= {{prev_start:DateTime64(3, 'UTC')}} AND ts < {{end:DateTime64(3, 'UTC')}} AND {PAGEVIEW} "
                f"GROUP BY visitor_hash HAVING argMin({SOURCE}, ts) = {{source:String}})"),
 }
 
@@ -64,7 +64,7 @@ SQL: dict[str, str] = {
        countIf(views = 1) AS bounces
 FROM (SELECT visitor_hash, toDate(min(ts)) AS day, count() AS views
       FROM consentmw.events_statistics
-      WHERE ts >= {{prev_start:DateTime64(3)}} AND ts < {{end:DateTime64(3)}} AND {PAGEVIEW}
+      WHERE ts >= {{prev_start:DateTime64(3, 'UTC')}} AND ts < {{end:DateTime64(3, 'UTC')}} AND {PAGEVIEW}
         AND {NOT_BLOCKED} /*filters*/
       GROUP BY visitor_hash)
 GROUP BY current""",
@@ -72,7 +72,7 @@ GROUP BY current""",
     "consent": f"""SELECT toDate(ts) >= {{start_day:Date}} AS current, count() AS decisions,
        countIf(has(granted, 'statistics')) AS opt_ins
 FROM consentmw.consent_log
-WHERE ts >= {{prev_start:DateTime64(3)}} AND ts < {{end:DateTime64(3)}} AND action IN ('grant', 'change')
+WHERE ts >= {{prev_start:DateTime64(3, 'UTC')}} AND ts < {{end:DateTime64(3, 'UTC')}} AND action IN ('grant', 'change')
   AND {NOT_BLOCKED} /*site*/
 GROUP BY current""",
     "daily": f"""SELECT toDate(ts) AS day, count() AS pageviews, uniqExact(visitor_hash) AS visitors
@@ -294,10 +294,10 @@ VISITS = f"""SELECT grouping(source) AS kpi_row, day >= {{start_day:Date}} AS cu
        count() AS visits, sum(views) AS pageviews, countIf(views = 1) AS bounces,
        countIf(views_now > 0) AS visits_now, sum(views_now) AS pageviews_now
 FROM (SELECT visitor_hash, toDate(min(ts)) AS day, count() AS views,
-             countIf(ts >= {{start:DateTime64(3)}}) AS views_now,
-             argMinIf({SOURCE}, ts, ts >= {{start:DateTime64(3)}}) AS source
+             countIf(ts >= {{start:DateTime64(3, 'UTC')}}) AS views_now,
+             argMinIf({SOURCE}, ts, ts >= {{start:DateTime64(3, 'UTC')}}) AS source
       FROM consentmw.events_statistics
-      WHERE ts >= {{prev_start:DateTime64(3)}} AND ts < {{end:DateTime64(3)}} AND {PAGEVIEW}
+      WHERE ts >= {{prev_start:DateTime64(3, 'UTC')}} AND ts < {{end:DateTime64(3, 'UTC')}} AND {PAGEVIEW}
         AND {NOT_BLOCKED} /*filters*/
       GROUP BY visitor_hash)
 GROUP BY GROUPING SETS ((current), (source))"""

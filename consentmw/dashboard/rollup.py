@@ -32,7 +32,7 @@ log = logging.getLogger("consentmw.dashboard")
 #: runs a statement that returns nothing (the roll-up's INSERT … SELECT)
 Command = Callable[[str, dict[str, Any]], Any]
 
-RANGE = ("ts >= {r_lo:DateTime64(3)} AND ts < {r_hi:DateTime64(3)} AND toDate(ts) IN {r_days:Array(Date)}")
+RANGE = ("ts >= {r_lo:DateTime64(3, 'UTC')} AND ts < {r_hi:DateTime64(3, 'UTC')} AND toDate(ts) IN {r_days:Array(Date)}")
 _STATS = "consentmw.events_statistics"
 #: Each visit's source as the source filter sees it: the source of its first page view,
 #: blocked rows included (as in the documented filter); '' for a visitor without one.
@@ -121,7 +121,7 @@ def daily_sql(raw: Origin | None) -> str:
 
 
 STATUS = (f"SELECT toDate(ts) AS day, count() AS rows, /*fingerprint*/ AS blocked FROM {_STATS} "
-          f"WHERE ts >= {{prev_start:DateTime64(3)}} AND ts < {{end:DateTime64(3)}} GROUP BY day")
+          f"WHERE ts >= {{prev_start:DateTime64(3, 'UTC')}} AND ts < {{end:DateTime64(3, 'UTC')}} GROUP BY day")
 FINGERPRINT = "sumIf(cityHash64(consent_id), NOT (" + NOT_BLOCKED + "))"
 RECORDS = (f"SELECT day, max(version), argMax(rows, version), argMax(blocked, version) FROM consentmw.{DAYS} "
            f"WHERE day >= {{r_first:Date}} AND day <= {{r_last:Date}} GROUP BY day")
