@@ -53,7 +53,7 @@ class Settings:
         ".css", ".js", ".mjs", ".map", ".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp",
         ".ico", ".woff", ".woff2", ".ttf", ".json", ".xml", ".txt", ".pdf"])
     geoip_db: str | None = None
-    batch_size: int = 5_000
+    batch_size: int = 20_000                   # a busy server inserts this many at once (see README)
     max_batch_size: int = 50_000               # a backlog is written in inserts of up to this many
     flush_interval: float = 1.0
     queue_size: int = 100_000
