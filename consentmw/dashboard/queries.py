@@ -173,7 +173,8 @@ def _ratio(a: float, b: float) -> float | None:
 
 
 def load(query: Query, database: str, filters: Filters, *, rollup: bool = False,
-         command: Callable[[str, dict[str, Any]], Any] | None = None) -> Dashboard:
+         command: Callable[[str, dict[str, Any]], Any] | None = None,
+         retention_days: int | None = None) -> Dashboard:
     """Run the panels and assemble the dashboard.
 
     Same numbers as the documented queries in `SQL` (tests compare them), in fewer
@@ -189,7 +190,8 @@ def load(query: Query, database: str, filters: Filters, *, rollup: bool = False,
 
         if daily.applies(filters):
             try:
-                counts = daily.load_counts(query, command, database, filters, blocked)
+                counts = daily.load_counts(query, command, database, filters, blocked,
+                                           retention_days=retention_days)
             except Exception as exc:  # noqa: BLE001 - e.g. a store not migrated yet: read the rows
                 log.warning("consentmw: the dashboard's daily counts are unavailable (%s); reading the "
                             "statistics table instead", str(exc).splitlines()[0][:200] if str(exc) else exc)

@@ -154,12 +154,17 @@ def _days_params(days: list[dt.date]) -> dict[str, Any]:
 
 def load_counts(query: Callable[[str, dict[str, Any]], list[tuple[Any, ...]]], command: Command | None,
                 database: str, filters: Filters, blocked: bool,
-                today: dt.date | None = None) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+                today: dt.date | None = None,
+                retention_days: int | None = None) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """(daily KPI rows, table rows) for `filters`, from the roll-up where it is current.
 
     Closed days whose roll-up is missing or stale are computed first when `command` may
-    write; otherwise (and for today) they are read from the raw rows in the same query."""
+    write; otherwise (and for today) they are read from the raw rows in the same query.
+    So are days older than `retention_days` (the statistics' retention): their rows are
+    expired but stay readable until ClickHouse merges them away, while their roll-up is
+    past its own TTL and may be dropped as soon as it is written."""
     today = today or dt.datetime.now(dt.timezone.utc).date()
+    expired = today - dt.timedelta(days=retention_days) if retention_days is not None else dt.date.min
     params = filters.params()
     status_sql = STATUS.replace("/*fingerprint*/", FINGERPRINT if blocked else "toUInt64(0)")
     status = {r[0]: (int(r[1]), int(r[2])) for r in query(_text(status_sql, database, filters, True), params)}
@@ -170,14 +175,16 @@ def load_counts(query: Callable[[str, dict[str, Any]], list[tuple[Any, ...]]], c
     stale: list[dt.date] = []
     for day, (rows, fingerprint) in sorted(status.items()):
         record = records.get(day)
-        if day >= today:
+        if day >= today or day < expired:
             continue
         if record is not None and record[1:] == (rows, fingerprint):
             rolled.append((day, record[0]))
         else:
             stale.append(day)
     if stale and command is not None:
-        version = time.time_ns() // 1000
+        # newer than every record of these days, even one from a process whose clock is ahead
+        # (else that record stays the current one and every load computes the day again)
+        version = max(time.time_ns() // 1000, 1 + max((records[d][0] for d in stale if d in records), default=0))
         try:
             command(_text(COMPUTE, database, filters, blocked), {**_days_params(stale), "r_version": version})
             # recorded with the state measured before computing: a row that arrived in
@@ -190,7 +197,7 @@ def load_counts(query: Callable[[str, dict[str, Any]], list[tuple[Any, ...]]], c
         else:
             rolled += [(d, version) for d in stale]
             stale = []
-    raw = sorted(stale + [d for d in status if d >= today])
+    raw = sorted(stale + [d for d in status if d >= today or d < expired])
     read = {**params, **_days_params(raw), "r_rolled": rolled}
     origin = ("filter" if filters.source else "none") if raw else None
     kpis = query(_text(daily_sql(origin), database, filters, blocked), read)

@@ -103,7 +103,8 @@ def register(api: "ConsentAPI") -> None:
 
         # the daily roll-up (kept current by the dashboard itself) exists on a single server
         cluster = bool(getattr(getattr(sink, "schema", None), "cluster", None))
-        data = load(query, sink.database, filters, rollup=not cluster, command=command)
+        data = load(query, sink.database, filters, rollup=not cluster, command=command,
+                    retention_days=api.policy["statistics"].retention_days)
         return render(data, title="Dashboard", stylesheet=stylesheet)
 
     async def dashboard(request: "Request") -> Response:

@@ -4,13 +4,17 @@ as the visitor code and the roll-up's days do, whatever the server's (or session
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Any
 
 import pytest
 
+from consentmw import Policy
 from consentmw.dashboard.filters import parse
 from consentmw.dashboard.queries import load
+from consentmw.store.schema import Schema
+from consentmw.store.sink import ClickHouseSink
 
 from tests.dashboard.test_documented_sql import expected, run_documented, seeded, shown  # noqa: F401
 
@@ -65,3 +69,68 @@ async def test_day_edges_count_in_utc_on_a_server_in_another_zone(seeded: Any, c
     for rollup, writes in ((False, None), (True, None), (True, command), (True, command)):
         data = load(query, database, filters, rollup=rollup, command=writes)
         assert shown(data) == expected(utc_answer, filters), (rollup, writes)
+
+
+def _retention(days: int) -> Policy:
+    """The default policy with the statistics kept `days` days."""
+    policy = Policy.default()
+    return dataclasses.replace(policy, purposes=tuple(
+        dataclasses.replace(p, retention_days=days) if p.id == "statistics" else p for p in policy.purposes))
+
+
+async def test_days_past_the_retention_count_their_rows_until_they_are_gone(ch: Any, chdb_dsn: str,
+                                                                             database: str) -> None:
+    """Statistics rows past their TTL stay readable until ClickHouse merges them away (hours
+    on a busy table), and the documented SQL counts them; the roll-up of such a day is past
+    its own TTL (retention + 1 day) and is dropped as it is written. Such days are read from
+    the rows, so the numbers still agree, and nothing is computed for them on every load."""
+    sink = ClickHouseSink(chdb_dsn, Schema(_retention(30), database))
+    sink.client()
+    ch.command(f"SYSTEM STOP MERGES {database}.events_statistics")  # the TTL merge has not come yet
+    today = dt.datetime.now(dt.timezone.utc).date()
+    for back in (34, 33, 32, 31, 30, 29, 3):
+        _pageview(ch, database, dt.datetime.combine(today - dt.timedelta(days=back), dt.time(12)), f"t{back}", "/p",
+                  100 + back)
+    filters = parse({"range": "custom", "from": (today - dt.timedelta(days=40)).isoformat(),
+                     "to": today.isoformat()}, today)
+
+    def query(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        return ch.query(sql, parameters=params).result_rows
+
+    def command(sql: str, params: dict[str, Any]) -> Any:
+        return ch.command(sql, parameters=params)
+
+    answer = expected(run_documented(ch, database, filters), filters)
+    assert answer["kpis"]["Page views"] == 7
+    for _ in range(2):
+        assert shown(load(query, database, filters, rollup=True, command=command, retention_days=30)) == answer
+    records = ch.query(f"SELECT count() FROM {database}.dashboard_days").result_rows[0][0]
+    load(query, database, filters, rollup=True, command=command, retention_days=30)
+    assert ch.query(f"SELECT count() FROM {database}.dashboard_days").result_rows[0][0] == records
+    sink.close()
+
+
+async def test_a_record_from_a_clock_ahead_does_not_make_every_load_recompute(seeded: Any, ch: Any,
+                                                                                database: str) -> None:
+    """Two app servers share the store; one's clock runs ahead and stamped a day's roll-up
+    with a later version. A recomputation here must still become the day's current one
+    (not stay older than that record, which made every later load compute the day again)."""
+    today = dt.datetime.now(dt.timezone.utc).date()
+    filters = parse({"range": "7d"}, today)
+    day = today - dt.timedelta(days=2)
+    ahead = int((dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)).timestamp() * 1e6)
+    ch.command(f"INSERT INTO {database}.dashboard_days (day, version, rows, blocked) "
+               f"VALUES ('{day.isoformat()}', {ahead}, 1, 0)")  # stale: the day has more rows
+
+    def query(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        return ch.query(sql, parameters=params).result_rows
+
+    def command(sql: str, params: dict[str, Any]) -> Any:
+        return ch.command(sql, parameters=params)
+
+    answer = expected(run_documented(ch, database, filters), filters)
+    assert shown(load(query, database, filters, rollup=True, command=command)) == answer
+    computed = ch.query(f"SELECT count() FROM {database}.dashboard_days").result_rows[0][0]
+    for _ in range(2):
+        assert shown(load(query, database, filters, rollup=True, command=command)) == answer
+    assert ch.query(f"SELECT count() FROM {database}.dashboard_days").result_rows[0][0] == computed
