@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from consentmw.core.fields import table_for
 from consentmw.core.policy import Policy
+from consentmw.store.rollup import DAILY as ROLLUP, SOURCE as ROLLUP_SOURCE, forget_statements
 from consentmw.store.schema import LEDGER_RETENTION_DAYS
 from consentmw.store.views import PROFILE_READ, PROFILE_TABLE
 from consentmw.rights.blocklist import Blocklist
@@ -397,7 +398,10 @@ class Rights:
             n = self._q(f"SELECT count() FROM {self.db}.{table} WHERE {pred}").result_rows[0][0]
             counts[table] = counts.get(table, 0) + int(n)
             if n:
+                days = self._rolled_days(table, pred)
                 self.sink.command(f"DELETE FROM {self._local(table)}{on_cluster} WHERE {pred}")
+                for statement in forget_statements(self.db, days):
+                    self.sink.command(statement)
         # The ledger keeps the choices as proof of consent, stripped of personal details.
         n = self._q(f"SELECT count() FROM {self.db}.{LEDGER} WHERE {dirty}").result_rows[0][0]
         counts[LEDGER] = counts.get(LEDGER, 0) + int(n)
@@ -405,6 +409,15 @@ class Rights:
             self.sink.command(
                 f"ALTER TABLE {self._local(LEDGER)}{on_cluster} UPDATE visitor_id = '', user_agent = '', "
                 f"ip = toIPv6('{_ZERO_IP}') WHERE {ledger_pred} SETTINGS mutations_sync = 2")
+
+    def _rolled_days(self, table: str, pred: str) -> list[str]:
+        """The days of the subject's statistics rows when the dashboard keeps daily counts
+        (`consentmw.store.rollup`): their counts are dropped with the rows."""
+        if table != ROLLUP_SOURCE or self.schema.cluster or not self.sink.command(
+                f"EXISTS TABLE {self.db}.{ROLLUP}"):
+            return []
+        rows = self._q(f"SELECT DISTINCT toString(toDate(ts)) FROM {self.db}.{table} WHERE {pred}").result_rows
+        return sorted(r[0] for r in rows)
 
     def _left(self, subject: Subject, dirty: str) -> dict[str, int]:
         """Verify: what of the subject is still in any linkable table (empty: nothing)."""
