@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import random
 import time
 from typing import Any, Callable
 
@@ -183,8 +184,11 @@ def load_counts(query: Callable[[str, dict[str, Any]], list[tuple[Any, ...]]], c
             stale.append(day)
     if stale and command is not None:
         # newer than every record of these days, even one from a process whose clock is ahead
-        # (else that record stays the current one and every load computes the day again)
-        version = max(time.time_ns() // 1000, 1 + max((records[d][0] for d in stale if d in records), default=0))
+        # (else that record stays the current one and every load computes the day again), and
+        # apart from a version another process computes at the same time from the same record
+        # (a shared version would hold the day twice): random low bits
+        newest = max((records[d][0] for d in stale if d in records), default=0)
+        version = max(time.time_ns() // 1000, newest + 1) + random.getrandbits(16)
         try:
             command(_text(COMPUTE, database, filters, blocked), {**_days_params(stale), "r_version": version})
             # recorded with the state measured before computing: a row that arrived in

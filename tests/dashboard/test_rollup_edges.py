@@ -134,3 +134,33 @@ async def test_a_record_from_a_clock_ahead_does_not_make_every_load_recompute(se
     for _ in range(2):
         assert shown(load(query, database, filters, rollup=True, command=command)) == answer
     assert ch.query(f"SELECT count() FROM {database}.dashboard_days").result_rows[0][0] == computed
+
+
+async def test_two_loads_computing_the_same_day_at_once_do_not_double_it(seeded: Any, ch: Any,
+                                                                        database: str) -> None:
+    """Two processes (or two requests) find the same day stale at the same moment and both
+    compute it. Each must write its own version: a shared one would hold the day twice.
+    Here the second load runs inside the first one's compute step, while a record from a
+    clock that runs ahead makes both pick their version from it."""
+    today = dt.datetime.now(dt.timezone.utc).date()
+    filters = parse({"range": "7d"}, today)
+    day = today - dt.timedelta(days=2)
+    ahead = int((dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)).timestamp() * 1e6)
+    ch.command(f"INSERT INTO {database}.dashboard_days (day, version, rows, blocked) "
+               f"VALUES ('{day.isoformat()}', {ahead}, 1, 0)")
+
+    def query(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        return ch.query(sql, parameters=params).result_rows
+
+    nested: list[Any] = []
+
+    def command(sql: str, params: dict[str, Any]) -> Any:
+        if not nested and sql.startswith("INSERT INTO") and "dashboard_daily" in sql:
+            nested.append(None)
+            nested[0] = load(query, database, filters, rollup=True, command=command)  # the other process
+        return ch.command(sql, parameters=params)
+
+    answer = expected(run_documented(ch, database, filters), filters)
+    assert shown(load(query, database, filters, rollup=True, command=command)) == answer
+    assert nested and shown(nested[0]) == answer
+    assert shown(load(query, database, filters, rollup=True, command=command)) == answer  # reads what both wrote
