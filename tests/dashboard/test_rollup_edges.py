@@ -17,6 +17,7 @@ from consentmw.store.schema import Schema
 from consentmw.store.sink import ClickHouseSink
 
 from tests.dashboard.test_documented_sql import expected, run_documented, seeded, shown  # noqa: F401
+from tests.test_views import site
 
 
 class Zoned:
@@ -164,3 +165,25 @@ async def test_two_loads_computing_the_same_day_at_once_do_not_double_it(seeded:
     assert shown(load(query, database, filters, rollup=True, command=command)) == answer
     assert nested and shown(nested[0]) == answer
     assert shown(load(query, database, filters, rollup=True, command=command)) == answer  # reads what both wrote
+
+
+async def test_the_live_route_counts_expired_days_from_their_rows(make_app: Any, ch: Any, database: str) -> None:
+    """The same through `/_consent/admin/dashboard`: the route tells the roll-up the policy's
+    statistics retention."""
+    import re
+
+    from tests.dashboard.test_live import TOKEN, bearer, client, ready
+
+    mw = ready(make_app(site(), admin_token=TOKEN, policy=_retention(30)))
+    ch.command(f"SYSTEM STOP MERGES {database}.events_statistics")
+    today = dt.datetime.now(dt.timezone.utc).date()
+    for back in (34, 33, 32, 31, 3):
+        _pageview(ch, database, dt.datetime.combine(today - dt.timedelta(days=back), dt.time(12)), f"t{back}", "/p",
+                  100 + back)
+    start = (today - dt.timedelta(days=40)).isoformat()
+    async with client(mw, **bearer()) as c:
+        for _ in range(2):
+            r = await c.get(f"/_consent/admin/dashboard?range=custom&from={start}&to={today.isoformat()}")
+            assert r.status_code == 200, r.text
+            kpis = dict(re.findall(r'<div class="kpi"><h2>([^<]+)</h2><p class="value">([^<]+)</p>', r.text))
+            assert kpis["Page views"] == "5"
