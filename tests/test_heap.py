@@ -64,3 +64,40 @@ def test_freeze_gc_from_the_environment_is_checked(value: str) -> None:
         return
     with pytest.raises(SettingsError, match="CONSENTMW_FREEZE_GC must be"):
         Settings.build({"secret_key": "heap-test-secret-0123456789"}, env)
+
+
+CYCLE = """
+import gc, sys, weakref
+from starlette.applications import Starlette
+from consentmw import ConsentMiddleware
+
+class Node:
+    pass
+
+config = Node(); config.me = config  # the host app's cyclic start-up state
+finalized = []
+weakref.finalize(config, finalized.append, "config")
+app = ConsentMiddleware(Starlette(), secret_key="heap-test-secret-0123456789", clickhouse_dsn=sys.argv[2],
+                        spool_dir=sys.argv[1] + "-spool")  # a store that is down: nothing to write here
+app.collector.start()
+del config  # replaced later (a reloaded configuration)
+later = Node(); later.me = later
+weakref.finalize(later, finalized.append, "later")
+del later
+gc.collect()
+app.collector.stop(2)
+print(",".join(finalized) or "-")
+"""
+
+
+@pytest.mark.parametrize("freeze, finalized", [("1", "later"), ("0", "config,later")])
+def test_what_the_freeze_keeps_as_the_readme_says(tmp_path: Path, freeze: str, finalized: str) -> None:
+    """The host app's start-up cycles are frozen too: one dropped after start is never
+    collected (README, `freeze_gc`); whatever is allocated later is collected as before."""
+    from tests.faults.helpers import closed_port
+
+    down = f"http://127.0.0.1:{closed_port()}"
+    out = subprocess.run([sys.executable, "-c", CYCLE, str(tmp_path / "app"), down], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "CONSENTMW_FREEZE_GC": freeze})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == finalized
