@@ -72,9 +72,11 @@ class RevocationSync:
             try:
                 self.sync()
                 wait = self.interval
-            except Exception as exc:  # noqa: BLE001 - store down or not migrated yet: retry, backing off
+            except Exception as exc:  # noqa: BLE001 - store down or not migrated yet: retry in 5 s
+                # (as the writer does: a store that refuses is not asked more often than that,
+                # and revocations still reach it within 5 s of its recovery)
                 log.debug("consentmw: revocation sync failed (%s)", exc)
-                wait = min(max(self.interval, 5.0), wait * 2)
+                wait = max(self.interval, 5.0)
             self._wake.wait(wait)
             self._wake.clear()
 
