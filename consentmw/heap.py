@@ -16,6 +16,7 @@ Once per process, whichever middleware starts first; `freeze_gc=False`
 
 from __future__ import annotations
 
+import atexit
 import gc
 import threading
 
@@ -32,4 +33,8 @@ def freeze_startup_heap() -> bool:
         _frozen = True
     gc.collect()
     gc.freeze()
+    # Thaw at exit: interpreter shutdown then collects and finalizes these objects in the
+    # order it would without the freeze. Left frozen, chDB's objects outlived its engine
+    # and the process crashed on the way out (SIGSEGV, ~1 exit in 3).
+    atexit.register(gc.unfreeze)
     return True
