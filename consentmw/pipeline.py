@@ -204,6 +204,8 @@ class Collector:
                 raise
             except SinkError as exc:  # any other failure: serve anyway, spool, retry
                 log.warning("consentmw: embedded store not ready at start (%s); events will be spooled", exc)
+        # Before the server accepts requests: the parsers' one-time set-up holds the GIL.
+        await asyncio.get_running_loop().run_in_executor(None, self.enricher.warm_up)
         self.start()
 
     def _open_embedded(self) -> None:
