@@ -20,13 +20,11 @@ text that does take it as it is). Beacons are nearly always ASCII
 from __future__ import annotations
 
 from typing import Annotated, Any, Union
-from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from consentmw.collect import beacon as rules
-from consentmw.collect.beacon import number_text
 
 _Path = Annotated[str, Meta(pattern="^/", max_length=rules.MAX_PATH)]
 _Url = Annotated[str, Meta(max_length=rules.MAX_URL)]
@@ -114,32 +112,11 @@ def _normalise(event: Any) -> dict[str, Any] | None:
         if kind is _Vitals and event.cls is not UNSET:
             out["cls"] = float(event.cls)
         return out if len(out) > 2 else None
-    # click and custom: the rules of beacon.py, minus `clean` (this text is ASCII without
-    # escapes, and JSON allows no raw control characters: there is nothing for it to repair)
-    if kind is _Click:
-        try:
-            parts = urlsplit(event.url)
-            host = parts.hostname
-        except ValueError:
+    try:  # click and custom: beacon.py's own checks (they raise on anything invalid)
+        if kind is _Click:
+            return {"type": "click", "path": path, **rules.click_target(event.url, "url")}
+        if not rules._NAME.fullmatch(event.name):
             return None
-        if parts.scheme not in ("http", "https") or not host:
-            return None
-        return {"type": "click", "path": path, "link_host": host.lower()[:255],
-                "link_path": parts.path[:rules.MAX_PATH] or "/"}
-    name_ok = rules._NAME.fullmatch
-    if not name_ok(event.name):
+        return {"type": "custom", "path": path, "name": event.name, "props": rules._props(event.props, "props")}
+    except rules.BeaconError:
         return None
-    props = {}
-    for key, item in event.props.items():
-        if len(key) > rules.MAX_PROP_KEY or not name_ok(key):
-            return None
-        if item is True or item is False:
-            item = "true" if item else "false"
-        elif type(item) is not str:
-            item = number_text(item)  # None: NaN, infinity, an int too large for a float
-            if item is None:
-                return None
-        if len(item) > rules.MAX_PROP_VALUE:
-            return None
-        props[key] = item
-    return {"type": "custom", "path": path, "name": event.name, "props": props}
