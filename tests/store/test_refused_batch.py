@@ -14,35 +14,14 @@ import uuid
 from typing import Any
 
 import pyarrow as pa
-import pytest
 
-from consentmw import ConsentMiddleware
 from consentmw.collect.hit import Hit
 from consentmw.store.spool import Record, parse_segment
 from consentmw.store.writer import decode_ipc, encode_ipc
 
-from tests.conftest import BROWSER_UA, SECRET
+from tests.conftest import BROWSER_UA
 from tests.faults.helpers import Store, closed_port, collector
-from tests.test_isolation import ADMIN, browser, call, html_app, rows
-
-
-@pytest.fixture(scope="module")
-def store(ch: Any, chdb_dsn: str) -> Any:
-    s = Store(ch, chdb_dsn)
-    yield s
-    s.drop()
-
-
-@pytest.fixture
-def env(store: Store, tmp_path: Any) -> Any:
-    """A middleware whose writer flushes only when told: everything sent lands in one batch."""
-    col = store.collector(spool_dir=str(tmp_path / "spool"), flush_interval=3600, batch_size=100_000)
-    mw = ConsentMiddleware(html_app, secret_key=SECRET, clickhouse_dsn=store.dsn, database=store.database,
-                           collector=col, collect_rate=1e9, collect_burst=10**9, admin_token=ADMIN,
-                           choice_rate=1e9, choice_burst=10**9)
-    cookie, _ = mw.codec.issue({"statistics", "personalisation"})
-    yield mw, cookie
-    col.stop()
+from tests.test_isolation import ADMIN, browser, call, env, rows, store  # noqa: F401 - env and store: its fixtures
 
 
 def admin_get(mw: Any, path: str) -> bytes:
