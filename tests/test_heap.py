@@ -1,5 +1,7 @@
-"""The start-up heap is frozen once per process (short full collections while serving),
-unless `freeze_gc` is off. Each case runs in a fresh interpreter: freezing is per process."""
+"""What the lifespan start-up does once per process, before requests: it freezes the heap
+(short full collections while serving) unless `freeze_gc` is off, and builds the user-agent
+parser (ua-parser compiles its matchers on first use, a ~300 ms GIL hold that was a 300 ms
+event-loop stall a second into serving). Each case runs in a fresh interpreter."""
 
 from __future__ import annotations
 
@@ -14,12 +16,14 @@ from consentmw.core.settings import Settings, SettingsError
 
 SCRIPT = """
 import asyncio, gc, sys
+import ua_parser
 from starlette.applications import Starlette
 from consentmw import ConsentMiddleware
 
 app = ConsentMiddleware(Starlette(), secret_key="heap-test-secret-0123456789", clickhouse_dsn="chdb://" + sys.argv[1],
                         spool_dir=sys.argv[1] + "-spool")
 before = gc.get_freeze_count()
+parser_before = "parser" in vars(ua_parser)
 
 async def lifespan():
     queue = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
@@ -32,7 +36,7 @@ async def lifespan():
     return sent
 
 sent = asyncio.run(lifespan())
-print(before, gc.get_freeze_count(), ",".join(sent))
+print(before, gc.get_freeze_count(), ",".join(sent), parser_before, "parser" in vars(ua_parser))
 """
 
 
@@ -44,7 +48,7 @@ def run(tmp_path: Path, **env: str) -> list[str]:
 
 
 def test_startup_freezes_the_heap_once(tmp_path: Path) -> None:
-    before, after, sent = run(tmp_path)
+    before, after, sent, *_ = run(tmp_path)
     assert int(before) == 0
     # everything built at start-up (modules, the chDB client, the policy) is out of the collector's way
     assert int(after) > 10_000
@@ -52,8 +56,14 @@ def test_startup_freezes_the_heap_once(tmp_path: Path) -> None:
 
 
 def test_freeze_gc_off_leaves_the_collector_alone(tmp_path: Path) -> None:
-    before, after, _ = run(tmp_path, CONSENTMW_FREEZE_GC="0")
+    before, after, *_ = run(tmp_path, CONSENTMW_FREEZE_GC="0")
     assert int(before) == int(after) == 0
+
+
+def test_startup_builds_the_user_agent_parser(tmp_path: Path) -> None:
+    # no hit is submitted, so only the start-up can have built it
+    *_, parser_before, parser_after = run(tmp_path)
+    assert (parser_before, parser_after) == ("False", "True")
 
 
 @pytest.mark.parametrize("value", ["maybe", "2", ""])
