@@ -81,7 +81,7 @@ class ConsentMiddleware:
                  rights_rate: float | None = None, rights_burst: int | None = None,
                  erase_queue: int | None = None,
                  floating_button: bool | None = None, allow_shorter_retention: bool | None = None,
-                 freeze_gc: bool | None = None,
+                 freeze_gc: bool | None = None, minimise_worker: str | None = None,
                  collector: Collector | None = None) -> None:
         self.app = app
         # Every keyword but `app` and `collector` is a setting of the same name.

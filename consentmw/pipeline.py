@@ -29,6 +29,8 @@ from typing import Any, Callable
 from consentmw.collect.enrich import Enricher, proof_key
 from consentmw.collect.hit import Hit
 from consentmw.collect.minimise import Minimiser
+from consentmw.collect.minimise_worker import WorkerConfig
+from consentmw.collect.offload import OffloadedMinimiser
 from consentmw.collect.salt import DailySalts
 from consentmw.core.ledger import ConsentRecord
 from consentmw.core.settings import Settings
@@ -91,13 +93,17 @@ class Collector:
         self.enricher = Enricher(settings.trusted_proxies, settings.geoip_db, proof_key(settings.secret_key[0]),
                                  settings.forwarded_header, salts=salts, allowed_hosts=settings.allowed_hosts)
         self.minimiser = Minimiser(self.policy, self.enricher)
+        # Busy batches are minimised in a worker process, off the event loop's GIL (collect/offload.py).
+        self.offload = OffloadedMinimiser(self.minimiser, WorkerConfig(
+            self.policy, list(settings.trusted_proxies), settings.geoip_db, proof_key(settings.secret_key[0]),
+            settings.forwarded_header, list(settings.allowed_hosts)), mode=settings.minimise_worker)
         self.spool = Spool(settings.spool_dir, settings.spool_max_bytes)
         self.stats = Stats()
-        self.writer = Writer(self.minimiser.process, self.sink, self.spool, self.stats,
+        self.writer = Writer(self.offload.process, self.sink, self.spool, self.stats,
                              batch_size=settings.batch_size, max_batch_size=settings.max_batch_size,
                              flush_interval=settings.flush_interval,
                              queue_size=settings.queue_size)
-        self.minimiser.pause = self.writer.pacer.pace
+        self.minimiser.pause = self.offload.pause = self.writer.pacer.pace
         # Fetch the day's salt on the replay thread as soon as the store answers, so the
         # writer's first batch of a day does not wait for it.
         self.writer.housekeeping.append(self._warm_salt)
@@ -155,6 +161,7 @@ class Collector:
             if self.started:
                 return
             self.started = True
+            self.offload.reopen()
             self.writer.start()
             for companion in self.companions:
                 companion.start()
@@ -177,6 +184,7 @@ class Collector:
                 return
             self.started = False
             self.writer.stop(self.settings.shutdown_timeout if timeout is None else timeout)
+            self.offload.close()
             for companion in self.companions:
                 companion.stop(2.0)
             if self.stats.last_error and not self.stats.sink_healthy:
@@ -257,6 +265,7 @@ class Collector:
             "bots_ignored": self.minimiser.counts.bots,
             "hosts_ignored": self.minimiser.counts.hosts,
             "writer_running": self.writer.running,
+            **self.offload.health(),
             "store": self.sink.dsn,  # the password is never shown
             **stats,
         }

@@ -69,6 +69,7 @@ class Settings:
     floating_button: bool = True
     allow_shorter_retention: bool = False      # let start-up migrate a shorter retention (deletes older rows)
     freeze_gc: bool = True                     # gc.freeze() the start-up heap (see consentmw/heap.py)
+    minimise_worker: str = "auto"              # auto | on | off: minimise busy batches in a worker process
 
     _ENV = {
         "secret_key": "CONSENTMW_SECRET_KEY",
@@ -84,6 +85,7 @@ class Settings:
         "cookie_domain": "CONSENTMW_COOKIE_DOMAIN",
         "allow_shorter_retention": "CONSENTMW_ALLOW_SHORTER_RETENTION",
         "freeze_gc": "CONSENTMW_FREEZE_GC",
+        "minimise_worker": "CONSENTMW_MINIMISE_WORKER",
         "allowed_hosts": "CONSENTMW_ALLOWED_HOSTS",
     }
 
@@ -120,6 +122,10 @@ class Settings:
                 if flag.strip().lower() not in ("1", "true", "yes", "0", "false", "no"):
                     raise SettingsError(f"CONSENTMW_{name.upper()} must be 1/true/yes or 0/false/no")
                 values[name] = flag.strip().lower() in ("1", "true", "yes")
+        worker = str(values.get("minimise_worker", "auto")).strip().lower()
+        if worker not in ("auto", "on", "off"):
+            raise SettingsError("minimise_worker must be 'auto', 'on' or 'off' (CONSENTMW_MINIMISE_WORKER)")
+        values["minimise_worker"] = worker
         for name in ("trusted_proxies", "allowed_origins", "allowed_hosts"):
             if isinstance(values.get(name), str):
                 values[name] = _split(values[name])

@@ -1,0 +1,408 @@
+"""Minimising off the application's GIL: the writer hands big batches to a worker process.
+
+Why: minimising and enriching cost the writer ~5–9 µs of Python per event. In the
+application's process that is GIL time the event loop waits for, so at a few thousand
+pages a second a site's own analytics showed up as slower pages and a lower ceiling (see
+BENCHMARKS.md, "The production stack"). `OffloadedMinimiser` has the minimiser's
+`process(items) -> tables` signature; for a batch of hits it encodes them with msgspec (a
+C call, ~0.7 µs a hit, in slices with the writer's GIL pacing in between), streams them to
+a `minimise_worker` process on another core, and reads the finished Arrow tables back
+zero-copy. The writer, its spool, dedup tokens and isolation of bad rows are unchanged:
+the worker replaces only the CPU work, never the store.
+
+The worker is a help, never a dependency:
+
+* it starts on the first batch big enough to be worth it (`auto`: `AUTO_MIN_HITS` hits,
+  and only on a machine with a second CPU), off the event loop, and batches are minimised
+  in the writer's thread until it says it is ready;
+* a batch the worker cannot finish (it raised, died, or did not answer in
+  `timeout` seconds) is minimised in the writer's thread, exactly as without a worker, so
+  a bad item raises there and is isolated as before; a worker that died or hung is
+  killed and started again no sooner than `RESTART_AFTER` seconds later;
+* what only this process knows travels with each batch: the daily salts (read from the
+  store here) and which of the batch's consents are blocked or erased.
+
+`mode`: "auto" (the default), "on" (any batch with a hit, even on one CPU: tests), "off".
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import pickle
+import select
+import subprocess
+import sys
+import threading
+import time
+from operator import itemgetter
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import msgspec
+import numpy as np
+import pyarrow as pa
+
+from consentmw.collect.hit import Hit
+from consentmw.collect.minimise import Minimiser, Tables
+from consentmw.collect.minimise_worker import HEADER, MAX_FRAME, WorkerConfig, frame
+
+log = logging.getLogger("consentmw")
+
+MODES = ("auto", "on", "off")
+#: `auto` starts the worker for a batch of at least this many hits (a site at ~1,000 pages a
+#: second); once it runs, batches of `MIN_HITS` or more go to it
+AUTO_MIN_HITS = 1_000
+MIN_HITS = 64
+#: hits encoded per slice: ~0.7 ms of GIL, then the pacer may hand the GIL to the event loop
+CHUNK = 1_000
+#: the pipes' size asked for (Linux allows up to /proc/sys/fs/pipe-max-size, 1 MiB by default)
+PIPE_SIZE = 1 << 20
+#: a dead or hung worker is started again no sooner than this
+RESTART_AFTER = 10.0
+
+
+class WorkerFailed(Exception):
+    """The worker could not finish a batch (died, hung, or broke the protocol)."""
+
+
+class NotOffloadable(WorkerFailed):
+    """This batch cannot be minimised by the worker (it raised there, or a hit does not
+    encode); the worker itself is fine."""
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class WorkerProcess:
+    """The parent's handle on one worker process: start, one batch at a time, close."""
+
+    def __init__(self, config: WorkerConfig, timeout: float) -> None:
+        self.timeout = timeout
+        package_root = str(Path(__file__).resolve().parent.parent.parent)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        # A session of its own: a Ctrl-C in the terminal stops the server, which then drains
+        # through the worker; the worker ends when the server closes its pipe (or dies).
+        self.proc = subprocess.Popen([sys.executable, "-c", "from consentmw.collect.minimise_worker import main; main()"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+                                     start_new_session=True, close_fds=True)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self._w = self.proc.stdin.fileno()
+        self._r = self.proc.stdout.fileno()
+        for fd in (self._w, self._r):
+            os.set_blocking(fd, False)
+            try:  # bigger pipes: a batch crosses in fewer system calls (Linux; best effort)
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+            except (OSError, AttributeError):
+                pass
+        self.ready = False
+        # the frame being read: its header, then its body, and how much of either arrived
+        self._head = bytearray(HEADER.size)
+        self._body: bytearray | None = None
+        self._kind = b""
+        self._got = 0
+        self._send([frame(b"C", pickle.dumps(config, protocol=pickle.HIGHEST_PROTOCOL))],
+                   time.monotonic() + timeout)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def poll_ready(self) -> bool:
+        """True once the worker has finished starting (never blocks)."""
+        if not self.ready:
+            got = self._recv(time.monotonic(), wait=False)
+            if got is not None:
+                if got[0] != b"R":
+                    raise WorkerFailed(f"unexpected frame {got[0]!r} at start")
+                self.ready = True
+        return self.ready
+
+    # -- one batch ---------------------------------------------------------------
+    def run(self, chunks: Iterable[tuple[bytes, bytes]], meta: bytes) -> tuple[Tables, dict[str, int]]:
+        """Send a batch (its hit chunks, each msgpack or pickled, then its metadata) and
+        wait for its tables."""
+        deadline = time.monotonic() + self.timeout
+        try:
+            for kind, chunk in chunks:
+                self._send([frame(kind, chunk)], deadline)
+        except NotOffloadable:
+            self._send([frame(b"X")], deadline)  # forget the chunks sent so far
+            raise
+        self._send([frame(b"B", meta)], deadline)
+        tables: Tables = {}
+        while True:
+            got = self._recv(deadline)
+            assert got is not None
+            kind, payload = got
+            if kind == b"T":
+                view = memoryview(payload)
+                cut = payload.index(b"\0")
+                name = bytes(view[:cut]).decode()
+                tables[name] = pa.ipc.open_stream(pa.py_buffer(view[cut + 1:])).read_all()
+            elif kind == b"D":
+                return tables, msgspec.msgpack.decode(payload)
+            elif kind == b"E":
+                raise NotOffloadable("the batch raised in the worker: " + bytes(payload).decode("utf-8", "replace"))
+            else:
+                raise WorkerFailed(f"unexpected frame {kind!r}")
+
+    # -- pipes -------------------------------------------------------------------
+    def _send(self, frames: list[list[bytes | memoryview]], deadline: float) -> None:
+        for pieces in frames:
+            for piece in pieces:
+                view = memoryview(piece)
+                while view:
+                    try:
+                        n = os.write(self._w, view)
+                    except BlockingIOError:
+                        n = 0
+                    except OSError as exc:  # EPIPE: the worker is gone
+                        raise WorkerFailed(f"worker pipe: {exc}") from None
+                    view = view[n:]
+                    if view:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            raise WorkerFailed(f"the worker took no input for {self.timeout:g} s")
+                        select.select([], [self._w], [], min(left, 1.0))
+
+    def _recv(self, deadline: float, wait: bool = True) -> tuple[bytes, bytearray] | None:
+        """One frame, read straight into its own buffer; None only when `wait` is false and
+        no whole frame has arrived yet (what was read so far is kept for the next call)."""
+        while True:
+            if self._body is None:
+                head = self._head
+                n = self._read_into(memoryview(head)[self._got:], deadline, wait)
+                if n is None:
+                    return None
+                self._got += n
+                if self._got < HEADER.size:
+                    continue
+                kind, size = HEADER.unpack(head)
+                if size > MAX_FRAME:
+                    raise WorkerFailed(f"frame of {size} bytes")
+                self._kind, self._body, self._got = kind, bytearray(size), 0
+            body = self._body
+            view = memoryview(body)
+            while self._got < len(body):
+                n = self._read_into(view[self._got:], deadline, wait)
+                if n is None:
+                    return None
+                self._got += n
+            self._body, self._got = None, 0
+            return self._kind, body
+
+    def _read_into(self, view: memoryview, deadline: float, wait: bool) -> int | None:
+        while True:
+            try:
+                n = os.readv(self._r, [view])
+            except BlockingIOError:
+                if not wait:
+                    return None
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WorkerFailed(f"no answer from the worker in {self.timeout:g} s") from None
+                select.select([self._r], [], [], min(left, 1.0))
+                continue
+            except OSError as exc:
+                raise WorkerFailed(f"worker pipe: {exc}") from None
+            if n == 0:
+                raise WorkerFailed(f"the worker exited (status {self.proc.poll()})")
+            return n
+
+    def close(self, wait: float = 2.0) -> None:
+        """Close its input (it exits at once), kill it if it does not."""
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
+        try:
+            self.proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+class OffloadedMinimiser:
+    """`Minimiser.process` that minimises big batches of hits in a worker process."""
+
+    def __init__(self, minimiser: Minimiser, config: WorkerConfig, mode: str = "auto",
+                 timeout: float = 60.0) -> None:
+        if mode not in MODES:
+            raise ValueError(f"minimise_worker must be one of {', '.join(MODES)}")
+        self.minimiser = minimiser
+        self.config = config
+        self.mode = mode
+        self.timeout = timeout
+        #: called between slices of encoding (the writer's GIL pacer)
+        self.pause: Callable[[], None] = lambda: None
+        self._worker: WorkerProcess | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self._retry_at = 0.0
+        self._encode = msgspec.msgpack.Encoder().encode
+        #: batches the worker minimised / batches it could not (then minimised here)
+        self.offloaded = 0
+        self.fallbacks = 0
+        self.last_error = ""
+
+    # -- the writer's `process` --------------------------------------------------
+    def process(self, items: Iterable[Any]) -> Tables:
+        items = items if isinstance(items, list) else list(items)
+        hits = [i for i in items if type(i) is Hit]
+        if not self._wanted(len(hits)) or not self._lock.acquire(blocking=False):
+            return self.minimiser.process(items)  # small, no worker, or the other thread has it
+        try:
+            worker = self._ready_worker(len(hits))
+            if worker is None:
+                return self.minimiser.process(items)
+            try:
+                tables = self._offload(worker, hits)
+            except WorkerFailed as exc:
+                self.fallbacks += 1
+                self._failed(worker, exc)
+                return self.minimiser.process(items)
+            self.offloaded += 1
+            if len(hits) != len(items):  # ledger records and anything else: minimised here
+                tables.update(self.minimiser.process([i for i in items if type(i) is not Hit]))
+            return tables
+        finally:
+            self._lock.release()
+
+    def _wanted(self, hits: int) -> bool:
+        if self.mode == "off" or self._closed or not hits:
+            return False
+        if self.mode == "on":
+            return True
+        return hits >= (MIN_HITS if self._worker is not None else AUTO_MIN_HITS) and _cpus() >= 2
+
+    def _ready_worker(self, hits: int) -> WorkerProcess | None:
+        """The running worker if it is ready; else start one (when due) and return None."""
+        worker = self._worker
+        if worker is not None:
+            try:
+                if worker.poll_ready():
+                    return worker
+            except WorkerFailed as exc:
+                self._failed(worker, exc)
+                return None
+            if not worker.alive():
+                self._failed(worker, WorkerFailed(f"the worker exited at start (status {worker.proc.poll()})"))
+            return None
+        if time.monotonic() < self._retry_at:
+            return None
+        try:
+            self._worker = WorkerProcess(self.config, self.timeout)
+        except (OSError, WorkerFailed) as exc:
+            self._retry_at = time.monotonic() + RESTART_AFTER
+            self.last_error = str(exc)[:300]
+            log.warning("consentmw: the minimise worker could not start (%s); minimising in-process", exc)
+            return None
+        if self.mode == "on":  # tests and small deployments that asked for it: wait for it once
+            deadline = time.monotonic() + self.timeout
+            while time.monotonic() < deadline and self._worker.alive():
+                try:
+                    if self._worker.poll_ready():
+                        return self._worker
+                except WorkerFailed as exc:
+                    self._failed(self._worker, exc)
+                    return None
+                select.select([self._worker._r], [], [], 0.05)
+        return None
+
+    def _offload(self, worker: WorkerProcess, hits: list[Hit]) -> Tables:
+        minimiser = self.minimiser
+        try:
+            meta = self._meta(hits)
+        except (TypeError, ValueError, OverflowError) as exc:  # a hit no ingress makes: minimise it here
+            raise NotOffloadable(f"a hit could not be prepared: {exc}") from None
+        encode, pause = self._encode, self.pause
+
+        def chunks() -> Iterable[tuple[bytes, bytes]]:
+            for start in range(0, len(hits), CHUNK):
+                part = hits[start:start + CHUNK]
+                try:
+                    yield b"H", encode(part)
+                except (TypeError, ValueError, OverflowError):
+                    # msgpack refuses some text a hostile client can send (a lone surrogate):
+                    # this slice goes pickled; what pickle cannot carry either is minimised here.
+                    try:
+                        yield b"P", pickle.dumps([tuple(h) for h in part], protocol=pickle.HIGHEST_PROTOCOL)
+                    except Exception as exc:  # noqa: BLE001 - any object at all may be in a hit
+                        raise NotOffloadable(f"a hit could not be encoded: {exc}") from None
+                pause()
+
+        tables, counts = worker.run(chunks(), meta)
+        own = minimiser.counts
+        own.bots += counts.get("bots", 0)
+        own.hosts += counts.get("hosts", 0)
+        own.rows += counts.get("rows", 0)
+        own.blocked += counts.get("blocked", 0)
+        return tables
+
+    def _meta(self, hits: list[Hit]) -> bytes:
+        """What the worker needs that only this process knows: the salts of the batch's days,
+        and which of its consents are blocked or were erased (with when)."""
+        minimiser = self.minimiser
+        stamps = np.fromiter(map(itemgetter(0), hits), dtype=np.float64, count=len(hits))
+        days = [int(d) for d in np.unique(np.floor_divide(stamps, 86400))]
+        salts = {str(day): minimiser.enricher.salts.salt(day) for day in days}
+        blocked_ids: list[str] = []
+        erased_at: dict[str, float] = {}
+        if minimiser.blocked is not None or minimiser.erased is not None:
+            ids = set(map(itemgetter(4), hits))
+            if minimiser.blocked is not None:
+                blocked_ids = [i for i in ids if minimiser.blocked(i)]
+            if minimiser.erased is not None:
+                for i in ids:
+                    at = minimiser.erased(i)
+                    if at is not None:
+                        erased_at[i] = at
+        return self._encode({"salts": salts, "blocked": blocked_ids, "erased": erased_at})
+
+    def _failed(self, worker: WorkerProcess, exc: Exception) -> None:
+        """A worker that raised on a batch stays (the batch is re-run here); one that died,
+        hung or garbled a frame is killed and replaced later."""
+        self.last_error = str(exc)[:300]
+        if isinstance(exc, NotOffloadable):
+            return
+        log.warning("consentmw: minimise worker failed (%s); minimising in-process, restarting it in %d s",
+                    self.last_error, RESTART_AFTER)
+        self._worker = None
+        self._retry_at = time.monotonic() + RESTART_AFTER
+        try:
+            worker.proc.kill()
+        except OSError:
+            pass
+        worker.close(0.5)
+
+    # -- lifecycle and health ----------------------------------------------------
+    def close(self) -> None:
+        """Stop the worker (the collector calls it after its final drain). Not under the
+        lock: a batch still with the worker fails over to the writer's thread."""
+        self._closed = True
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.close()
+
+    def reopen(self) -> None:
+        """Allow a worker again (a collector started after a stop)."""
+        self._closed = False
+
+    def health(self) -> dict[str, Any]:
+        worker = self._worker
+        state = "off" if self.mode == "off" else (
+            "idle" if worker is None else ("running" if worker.ready and worker.alive() else "starting"))
+        return {"minimise_worker": state, "minimise_worker_pid": worker.pid if worker is not None else None,
+                "minimise_offloaded_batches": self.offloaded, "minimise_fallback_batches": self.fallbacks}
