@@ -152,6 +152,8 @@ class Worker:
             out.append((name, sink.getvalue().to_pybytes()))
         done = self._encode({"bots": counts.bots, "hosts": counts.hosts, "rows": counts.rows,
                              "blocked": counts.blocked})
+        del tables, hits
+        pa.default_memory_pool().release_unused()  # a batch's Arrow buffers go back, not kept for the next
         return out, done
 
 

@@ -105,6 +105,24 @@ def test_the_worker_stores_exactly_what_the_writer_thread_would(workers: Any, tr
                                                             reference.counts.rows - want_counts[2])
 
 
+def test_a_big_batch_goes_over_in_parts_and_comes_back_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(offload, "WORKER_BATCH", 7)
+    reference, off = pair([])
+    try:
+        bot = "Googlebot/2.1 (+http://www.google.com/bot.html)".encode()
+        batch = [page(i, user_agent=bot) if i % 9 == 0 else page(i) for i in range(60)]
+        for m in (reference, off.minimiser):
+            m.blocked = {"c3"}.__contains__
+        want = reference.process(batch)
+        got = off.process(batch)
+        same_tables(got, want)
+        assert (off.offloaded, off.fallbacks) == (1, 0)
+        assert (off.minimiser.counts.bots, off.minimiser.counts.blocked, off.minimiser.counts.rows) == (
+            reference.counts.bots, reference.counts.blocked, reference.counts.rows) != (0, 0, 0)
+    finally:
+        off.close()
+
+
 def test_ledger_records_in_a_batch_are_written_beside_the_offloaded_hits() -> None:
     reference, off = pair([])
     try:
