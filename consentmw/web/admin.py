@@ -34,6 +34,8 @@ COUNTERS = {
     "quarantined": "Queued items quarantined because no batch could process them",
     "bots_ignored": "Hits ignored because the user agent is a bot",
     "spool_corrupt": "Torn or corrupt spool records quarantined",
+    "minimise_offloaded_batches": "Batches minimised by the minimise worker process",
+    "minimise_fallback_batches": "Batches the minimise worker could not take, minimised in the app process",
 }
 GAUGES = {
     "queue_depth": "Items waiting in the in-memory queue",

@@ -308,6 +308,9 @@ def test_a_collector_with_the_worker_stores_every_page_once_and_isolates_bad_ite
         health = col.health()
         assert health["minimise_worker"] == "running" and health["quarantined"] == 2
         pid = health["minimise_worker_pid"]
+        from consentmw.web.admin import HealthCollector
+        metrics = {m.name: m.samples[0].value for m in HealthCollector(col).collect()}
+        assert metrics["consentmw_minimise_offloaded_batches"] >= 1
     finally:
         col.stop()
     assert col.health()["minimise_worker_pid"] is None
