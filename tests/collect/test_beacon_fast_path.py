@@ -217,3 +217,22 @@ def test_a_huge_integer_through_collect_is_a_400(tmp_path: Any) -> None:
             assert b"number" in answer or b"range" in answer, answer
     finally:
         mw.collector.stop(0.5)
+
+
+def test_repeated_click_urls_are_parsed_once_and_the_cache_stays_bounded() -> None:
+    from consentmw.collect import beacon_schema
+
+    beacon_schema._CLICKS.clear()
+    body = json.dumps({"events": [{"type": "click", "path": "/a", "url": "https://Example.org/out?x=1"}] * 2}).encode()
+    first, second = fast_events(body) or [], fast_events(body) or []
+    assert first == second == reference(body)
+    first[0]["link_host"] = "changed"  # every event gets its own dict: the cache is never shared out
+    assert (fast_events(body) or [])[0]["link_host"] == "example.org"
+    bad = json.dumps({"events": [{"type": "click", "path": "/a", "url": "ftp://x.test/"}]}).encode()
+    assert fast_events(bad) is None and "ftp://x.test/" not in beacon_schema._CLICKS
+    long_url = "https://x.test/" + "a" * 300
+    fast_events(json.dumps({"events": [{"type": "click", "path": "/a", "url": long_url}]}).encode())
+    assert long_url not in beacon_schema._CLICKS  # only short URLs are remembered
+    for i in range(beacon_schema._CLICKS_MAX + 10):
+        fast_events(json.dumps({"events": [{"type": "click", "path": "/a", "url": f"https://x.test/{i}"}]}).encode())
+    assert len(beacon_schema._CLICKS) <= beacon_schema._CLICKS_MAX
