@@ -27,7 +27,6 @@ The worker is a help, never a dependency:
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import pickle
@@ -39,6 +38,11 @@ import time
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, Callable, Iterable
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: the worker is never used there (see `_wanted`)
+    fcntl = None  # type: ignore[assignment]
 
 import msgspec
 import numpy as np
@@ -101,7 +105,7 @@ class WorkerProcess:
         for fd in (self._w, self._r):
             os.set_blocking(fd, False)
             try:  # bigger pipes: a batch crosses in fewer system calls (Linux; best effort)
-                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)  # type: ignore[union-attr]
             except (OSError, AttributeError):
                 pass
         self.ready = False
@@ -284,7 +288,7 @@ class OffloadedMinimiser:
             self._lock.release()
 
     def _wanted(self, hits: int) -> bool:
-        if self.mode == "off" or self._closed or not hits:
+        if self.mode == "off" or self._closed or not hits or os.name != "posix" or not sys.executable:
             return False
         if self.mode == "on":
             return True
@@ -307,7 +311,7 @@ class OffloadedMinimiser:
             return None
         try:
             self._worker = WorkerProcess(self.config, self.timeout)
-        except (OSError, WorkerFailed) as exc:
+        except (OSError, ValueError, WorkerFailed) as exc:
             self._retry_at = time.monotonic() + RESTART_AFTER
             self.last_error = str(exc)[:300]
             log.warning("consentmw: the minimise worker could not start (%s); minimising in-process", exc)
