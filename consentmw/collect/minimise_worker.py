@@ -1,7 +1,8 @@
 """The minimise worker: a child process that turns batches of raw hits into Arrow tables.
 
 Run by `consentmw.collect.offload` as a child Python calling `main()`; it
-talks to its parent over its stdin and stdout, nothing else. Why a process: the minimiser
+talks to its parent over two pipes of its own (their numbers are its arguments), nothing
+else: what it prints goes to stderr, never into a frame. Why a process: the minimiser
 is Python code, and in the application's process every millisecond of it holds the GIL
 the event loop needs, so a busy site's pages wait on its own analytics. In a process of
 its own it runs on another core and the application only encodes hits (a C call) and
@@ -206,12 +207,17 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
 
 
 def main() -> None:
-    # The pipes are the only channel: anything printed must not corrupt them.
-    inp = os.fdopen(os.dup(0), "rb", buffering=1 << 16)
-    out = os.fdopen(os.dup(1), "wb", buffering=1 << 16)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.dup2(2, 1)
+    """Serve on the pipes whose numbers the parent passed (`main IN OUT`), or on stdin and
+    stdout when run by hand. Nothing else writes to them: fd 1 and `sys.stdout` are stderr."""
+    if len(sys.argv) == 3:
+        inp = os.fdopen(int(sys.argv[1]), "rb", buffering=1 << 16)
+        out = os.fdopen(int(sys.argv[2]), "wb", buffering=1 << 16)
+    else:
+        inp = os.fdopen(os.dup(0), "rb", buffering=1 << 16)
+        out = os.fdopen(os.dup(1), "wb", buffering=1 << 16)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(2, 1)
     sys.stdout = sys.stderr
     try:
         serve(inp, out)

@@ -94,14 +94,26 @@ class WorkerProcess:
         package_root = str(Path(__file__).resolve().parent.parent.parent)
         env = dict(os.environ)
         env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        # A session of its own: a Ctrl-C in the terminal stops the server, which then drains
-        # through the worker; the worker ends when the server closes its pipe (or dies).
-        self.proc = subprocess.Popen([sys.executable, "-c", "from consentmw.collect.minimise_worker import main; main()"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
-                                     start_new_session=True, close_fds=True)
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self._w = self.proc.stdin.fileno()
-        self._r = self.proc.stdout.fileno()
+        # The protocol has pipes of its own, passed by number: the child's stdout is the
+        # app's stderr, so whatever prints in it (a sitecustomize, a library, a traceback)
+        # can never be read as a frame. A session of its own: a Ctrl-C in the terminal stops
+        # the server, which then drains through the worker; the worker ends when the server
+        # closes its pipe (or dies).
+        to_child, self._w = os.pipe()
+        self._r, from_child = os.pipe()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", "from consentmw.collect.minimise_worker import main; main()",
+                 str(to_child), str(from_child)],
+                stdin=subprocess.DEVNULL, stdout=2, env=env, start_new_session=True, close_fds=True,
+                pass_fds=(to_child, from_child))
+        except BaseException:
+            os.close(self._w)
+            os.close(self._r)
+            raise
+        finally:
+            os.close(to_child)
+            os.close(from_child)
         for fd in (self._w, self._r):
             os.set_blocking(fd, False)
             try:  # bigger pipes: a batch crosses in fewer system calls (Linux; best effort)
@@ -227,13 +239,16 @@ class WorkerProcess:
             return n
 
     def close(self, wait: float = 2.0) -> None:
-        """Close its input (it exits at once), kill it if it does not."""
-        for stream in (self.proc.stdin, self.proc.stdout):
-            try:
-                if stream is not None:
-                    stream.close()
-            except OSError:
-                pass
+        """Close its pipes (it exits at once), kill it if it does not. Only the thread that
+        owns the worker may call it: a descriptor closed under another thread's read or
+        write can be reused at once by a socket or file, whose bytes that thread would take."""
+        for fd in (self._w, self._r):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._w = self._r = -1
         try:
             self.proc.wait(wait)
         except subprocess.TimeoutExpired:
@@ -286,6 +301,8 @@ class OffloadedMinimiser:
             return tables
         finally:
             self._lock.release()
+            if self._closed and self._worker is not None:
+                self._close_worker()  # `close` came while this batch was out
 
     def _wanted(self, hits: int) -> bool:
         if self.mode == "off" or self._closed or not hits or os.name != "posix" or not sys.executable:
@@ -393,8 +410,9 @@ class OffloadedMinimiser:
         self.last_error = str(exc)[:300]
         if isinstance(exc, NotOffloadable):
             return
-        log.warning("consentmw: minimise worker failed (%s); minimising in-process, restarting it in %d s",
-                    self.last_error, RESTART_AFTER)
+        if not self._closed:
+            log.warning("consentmw: minimise worker failed (%s); minimising in-process, restarting it in %d s",
+                        self.last_error, RESTART_AFTER)
         self._worker = None
         self._retry_at = time.monotonic() + RESTART_AFTER
         try:
@@ -405,10 +423,25 @@ class OffloadedMinimiser:
 
     # -- lifecycle and health ----------------------------------------------------
     def close(self) -> None:
-        """Stop the worker (the collector calls it after its final drain). Not under the
-        lock: a batch still with the worker fails over to the writer's thread."""
+        """Stop the worker (the collector calls it after its final drain). A batch still
+        with the worker (past the drain's deadline) is not waited for: the worker is killed,
+        the batch's thread sees it end, minimises the batch itself and closes the pipes."""
         self._closed = True
-        worker, self._worker = self._worker, None
+        self._close_worker()
+
+    def _close_worker(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            worker = self._worker
+            if worker is not None:
+                try:
+                    worker.proc.kill()  # a signal only: the pipes belong to the batch's thread
+                except OSError:
+                    pass
+            return
+        try:
+            worker, self._worker = self._worker, None
+        finally:
+            self._lock.release()
         if worker is not None:
             worker.close()
 

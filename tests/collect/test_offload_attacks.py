@@ -1,0 +1,138 @@
+"""The minimise worker attacked from outside: ids the store repairs, odd types, two writer
+threads at once, a stop while a batch is out, stray output in the child, salts that change.
+Each test compares the worker with the in-thread minimiser (`Minimiser.process`)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from consentmw.collect.salt import DailySalts
+from tests.collect.test_offload import page, pair, same_tables
+
+
+def test_two_writer_threads_at_once_one_offloads_the_other_minimises_here() -> None:
+    """The writer and spill threads both call `process`: one batch goes to the worker, the
+    other is minimised in its own thread; neither waits for the other's batch."""
+    reference, off = pair([])
+    try:
+        batches = [[page(i, site=f"t{n}.example.com") for i in range(3000)] for n in range(2)]
+        wants = [reference.process(b) for b in batches]
+        off.process(batches[0][:10])  # the worker is up
+        got: dict[int, Any] = {}
+        errors: list[BaseException] = []
+
+        def run(n: int) -> None:
+            try:
+                for _ in range(3):
+                    got[n] = off.process(batches[n])
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(n,)) for n in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not any(t.is_alive() for t in threads) and not errors
+        for n in range(2):
+            same_tables(got[n], wants[n])
+        assert off.fallbacks == 0 and off.offloaded >= 2
+    finally:
+        off.close()
+
+
+def test_closing_while_a_batch_is_out_never_closes_the_pipes_under_it() -> None:
+    """`close` (the collector's stop) while the writer waits on the worker: the batch is
+    still stored exactly as in-thread, and the descriptors the batch is using are not
+    closed under it (a number reused by a socket accepted meanwhile would have its bytes read)."""
+    reference, off = pair([], timeout=3.0)
+    batch = [page(i) for i in range(200)]
+    want = reference.process(batch)
+    off.process(batch)
+    worker = off._worker
+    assert worker is not None
+    os.kill(worker.pid, signal.SIGSTOP)  # the batch below waits on it
+    got: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: got.update(tables=off.process(batch)))
+    thread.start()
+    time.sleep(0.3)
+    closer = threading.Thread(target=off.close)
+    closer.start()
+    time.sleep(0.05)
+    # What the application opens meanwhile takes the lowest free numbers.
+    taken = [os.pipe() for _ in range(20)]
+    for r, w in taken:
+        os.write(w, b"visitor bytes")
+    try:
+        thread.join(30)
+        closer.join(30)
+        assert not thread.is_alive() and not closer.is_alive()
+        same_tables(got["tables"], want)
+        for r, w in taken:
+            os.set_blocking(r, False)
+            assert os.read(r, 100) == b"visitor bytes", "the batch read from a descriptor it no longer owned"
+    finally:
+        for r, w in taken:
+            os.close(r)
+            os.close(w)
+        try:
+            os.kill(worker.pid, signal.SIGKILL)
+        except OSError:
+            pass
+    deadline = time.monotonic() + 10
+    while worker.proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert worker.proc.poll() is not None, "the worker outlived close()"
+
+
+def test_stray_output_at_the_childs_start_does_not_corrupt_the_protocol(tmp_path: Any,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sitecustomize (or any start-up hook) that prints must not be read as a frame."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import os, sys\nprint('hello from sitecustomize')\nsys.stdout.flush()\nos.write(1, b'raw fd 1 noise\\n')\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    reference, off = pair([])
+    try:
+        batch = [page(i) for i in range(50)]
+        same_tables(off.process(batch), reference.process(batch))
+        assert (off.offloaded, off.fallbacks) == (1, 0), off.last_error
+    finally:
+        off.close()
+
+
+def test_visitor_codes_match_while_the_stored_salt_arrives_late() -> None:
+    """A provisional salt (the store did not answer) that later becomes the stored one, over a
+    batch that spans midnight: the worker's visitor codes equal the in-thread ones each time."""
+    calls = {"n": 0}
+
+    def loader(day: int) -> bytes:
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise OSError("store down")
+        return day.to_bytes(4, "big") * 8
+
+    reference, off = pair([])
+    salts = DailySalts(loader=loader, retry_after=3600.0)
+    reference.enricher.salts = off.minimiser.enricher.salts = salts
+    try:
+        midnight = 1763856000.0
+        days = (int(midnight // 86400) - 1, int(midnight // 86400))
+        batch = [page(i, ts=midnight - 30 + i) for i in range(60)]
+        codes = []
+        for round_ in range(2):
+            if round_:  # the store answers now (the collector's warm-up preloads the day)
+                assert all(salts.preload(day) for day in days)
+            got = off.process(batch)
+            want = reference.process(batch)
+            same_tables(got, want)
+            codes.append(got["events_statistics"].column("visitor_hash").to_pylist())
+        assert codes[0] != codes[1]  # the provisional salts were replaced
+        assert off.offloaded == 2 and off.fallbacks == 0
+    finally:
+        off.close()
