@@ -48,6 +48,7 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 
+from consentmw.collect.columnar import HitColumns, encode
 from consentmw.collect.hit import Hit
 from consentmw.collect.minimise import Minimiser, Tables
 from consentmw.collect.minimise_worker import HEADER, MAX_FRAME, WorkerConfig, frame
@@ -68,6 +69,7 @@ WORKER_BATCH = 10_000
 PIPE_SIZE = 1 << 20
 #: a dead or hung worker is started again no sooner than this
 RESTART_AFTER = 10.0
+_FROZENSET = {frozenset}
 
 
 class WorkerFailed(Exception):
@@ -347,6 +349,10 @@ class OffloadedMinimiser:
 
     def _offload(self, worker: WorkerProcess, hits: list[Hit]) -> Tables:
         minimiser = self.minimiser
+        if not set(map(type, map(itemgetter(6), hits))) <= _FROZENSET:
+            # msgpack carries any collection as a list and the worker makes it a frozenset:
+            # purposes the minimiser would refuse (a list) must not be accepted there.
+            raise NotOffloadable("a hit's purposes are not a frozenset")
         try:
             meta = self._meta(hits)
         except (TypeError, ValueError, OverflowError) as exc:  # a hit no ingress makes: minimise it here
@@ -394,7 +400,9 @@ class OffloadedMinimiser:
         blocked_ids: list[str] = []
         erased_at: dict[str, float] = {}
         if minimiser.blocked is not None or minimiser.erased is not None:
-            ids = set(map(itemgetter(4), hits))
+            # The ids as the minimiser asks about them (and stores them): text, repaired.
+            # The raw values may be bytes or hold a NUL; asking about those would miss a block.
+            ids = encode(HitColumns(hits).array("consent_id", pa.string()))[1]
             if minimiser.blocked is not None:
                 blocked_ids = [i for i in ids if minimiser.blocked(i)]
             if minimiser.erased is not None:

@@ -16,6 +16,44 @@ from consentmw.collect.salt import DailySalts
 from tests.collect.test_offload import page, pair, same_tables
 
 
+@pytest.mark.parametrize("cid", ["c1\x00", "c1\ufdd0", b"c1\xff", "c1\ud800", b"c1"])
+def test_blocked_and_erased_consents_are_matched_as_the_store_spells_them(cid: Any) -> None:
+    """The minimiser asks `blocked`/`erased` about consent ids as stored (repaired text); the
+    worker must be told about the same ids, or a blocked visitor's hits get stored."""
+    reference, off = pair([])
+    try:
+        batch = [page(i, consent_id=f"ok{i % 5}") for i in range(20)] + [page(30 + k, consent_id=cid) for k in range(3)]
+        for blocked, erased in ((lambda i: i == "c1\ufffd" or i == "c1", None),
+                                (None, lambda i: 1e12 if i in ("c1\ufffd", "c1") else None)):
+            for m in (reference, off.minimiser):
+                m.blocked, m.erased = blocked, erased
+            before = (reference.counts.blocked, off.minimiser.counts.blocked)
+            want = reference.process(batch)
+            got = off.process(batch)
+            same_tables(got, want)
+            assert want["events_statistics"].num_rows == 20
+            assert off.minimiser.counts.blocked - before[1] == reference.counts.blocked - before[0] == 3
+        assert off.fallbacks == 0
+    finally:
+        off.close()
+
+
+@pytest.mark.parametrize("purposes", [["statistics"], {"statistics"}])
+def test_purposes_the_minimiser_refuses_are_refused_with_the_worker_too(purposes: Any) -> None:
+    """msgpack carries any collection as a list; the worker must not turn a list (which the
+    in-thread minimiser refuses) into the frozenset it expects and store it."""
+    reference, off = pair([])
+    try:
+        batch = [page(i) for i in range(20)] + [page(40)._replace(purposes=purposes)]
+        with pytest.raises(TypeError):
+            reference.process(batch)
+        with pytest.raises(TypeError):
+            off.process(batch)
+        same_tables(off.process(batch[:20]), reference.process(batch[:20]))
+    finally:
+        off.close()
+
+
 def test_two_writer_threads_at_once_one_offloads_the_other_minimises_here() -> None:
     """The writer and spill threads both call `process`: one batch goes to the worker, the
     other is minimised in its own thread; neither waits for the other's batch."""
