@@ -130,9 +130,15 @@ class Worker:
         meta = self._decode(meta_bytes)
         hits, self.hits = self.hits, []
         salts = self.enricher.salts
-        for day, salt in meta["salts"].items():
-            self._salts[int(day)] = salt
-            salts.preload(int(day))  # the parent's salt for the day (it may have changed)
+        days = [int(day) for day in meta["salts"]]
+        for day, salt in zip(days, meta["salts"].values()):
+            self._salts[day] = salt
+            salts.preload(day)  # the parent's salt for the day (it may have changed)
+        if days:  # keep no salt longer than the parent does (two days: see collect/salt.py)
+            oldest = min(min(days), max(days) - 1)
+            for day in [d for d in self._salts if d < oldest]:
+                del self._salts[day]
+            salts.forget_before(oldest)
         blocked = frozenset(meta["blocked"])
         erased = {k: float(v) for k, v in meta["erased"].items()}
         minimiser = self.minimiser

@@ -96,6 +96,17 @@ class DailySalts:
             self._provisional.pop(day, None)
             return True
 
+    def forget_before(self, day: int) -> None:
+        """Forget the salts of days before `day` (and every code made meanwhile): for a
+        process that is handed its salts, so it keeps none longer than the one that owns them."""
+        with self._lock:
+            old = [d for d in self._salts if d < day]
+            for d in old:
+                del self._salts[d]
+                self._provisional.pop(d, None)
+            if old:
+                self._clear_codes()
+
     def _load(self, day: int, force: bool = False) -> bytes | None:
         if self._loader is None or not (force or self._available()):
             return None

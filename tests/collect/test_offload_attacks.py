@@ -174,3 +174,25 @@ def test_visitor_codes_match_while_the_stored_salt_arrives_late() -> None:
         assert off.offloaded == 2 and off.fallbacks == 0
     finally:
         off.close()
+
+
+def test_the_worker_forgets_a_days_salt_as_the_parent_does() -> None:
+    """Salts are forgotten after two days so codes of different days can never be linked;
+    the worker (a long-lived process) must not keep every salt it was ever handed."""
+    import msgspec
+
+    from consentmw.collect.minimise_worker import Worker
+
+    reference, off = pair([])
+    off.close()
+    worker = Worker(off.config)
+    encode = msgspec.msgpack.Encoder().encode
+    first = 1763769600.0
+    for n in range(5):
+        ts = first + n * 86400
+        worker.add(encode([page(i, ts=ts) for i in range(5)]))
+        day = int(ts // 86400)
+        worker.finish(encode({"salts": {str(day): day.to_bytes(4, "big") * 8}, "blocked": [], "erased": {}}))
+    newest = int((first + 4 * 86400) // 86400)
+    kept = set(worker._salts) | set(worker.enricher.salts._salts)
+    assert kept <= {newest - 1, newest}, f"the worker still holds the salts of days {sorted(kept)}"
