@@ -183,7 +183,10 @@ class Collector:
             if not self.started and not (self.writer.queue or self.writer.overflow):
                 return
             self.started = False
-            self.writer.stop(self.settings.shutdown_timeout if timeout is None else timeout)
+            timeout = self.settings.shutdown_timeout if timeout is None else timeout
+            # A batch with a hung minimise worker comes back to the writer in time to be stored.
+            self.offload.give_up_by(time.monotonic() + timeout / 2)
+            self.writer.stop(timeout)
             self.offload.close()
             for companion in self.companions:
                 companion.stop(2.0)

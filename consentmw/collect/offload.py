@@ -123,6 +123,8 @@ class WorkerProcess:
             except (OSError, AttributeError):
                 pass
         self.ready = False
+        #: when the application stops: no wait on the worker goes past it (see `give_up_by`)
+        self.give_up_at = float("inf")
         # the frame being read: its header, then its body, and how much of either arrived
         self._head = bytearray(HEADER.size)
         self._body: bytearray | None = None
@@ -191,10 +193,11 @@ class WorkerProcess:
                         raise WorkerFailed(f"worker pipe: {exc}") from None
                     view = view[n:]
                     if view:
-                        left = deadline - time.monotonic()
+                        left = min(deadline, self.give_up_at) - time.monotonic()
                         if left <= 0:
-                            raise WorkerFailed(f"the worker took no input for {self.timeout:g} s")
-                        select.select([], [self._w], [], min(left, 1.0))
+                            raise WorkerFailed(f"the worker took no input for {self.timeout:g} s"
+                                               if deadline <= self.give_up_at else "the application is stopping")
+                        select.select([], [self._w], [], min(left, 0.25))
 
     def _recv(self, deadline: float, wait: bool = True) -> tuple[bytes, bytearray] | None:
         """One frame, read straight into its own buffer; None only when `wait` is false and
@@ -229,10 +232,11 @@ class WorkerProcess:
             except BlockingIOError:
                 if not wait:
                     return None
-                left = deadline - time.monotonic()
+                left = min(deadline, self.give_up_at) - time.monotonic()
                 if left <= 0:
-                    raise WorkerFailed(f"no answer from the worker in {self.timeout:g} s") from None
-                select.select([self._r], [], [], min(left, 1.0))
+                    raise WorkerFailed(f"no answer from the worker in {self.timeout:g} s"
+                                       if deadline <= self.give_up_at else "the application is stopping") from None
+                select.select([self._r], [], [], min(left, 0.25))
                 continue
             except OSError as exc:
                 raise WorkerFailed(f"worker pipe: {exc}") from None
@@ -275,6 +279,7 @@ class OffloadedMinimiser:
         self._lock = threading.Lock()
         self._closed = False
         self._retry_at = 0.0
+        self._give_up_at = float("inf")
         self._encode = msgspec.msgpack.Encoder().encode
         #: batches the worker minimised / batches it could not (then minimised here)
         self.offloaded = 0
@@ -307,7 +312,7 @@ class OffloadedMinimiser:
                 self._close_worker()  # `close` came while this batch was out
 
     def _wanted(self, hits: int) -> bool:
-        if self.mode == "off" or self._closed or not hits or os.name != "posix" or not sys.executable:
+        if self.mode == "off" or self._closed or not hits or time.monotonic() >= self._give_up_at or os.name != "posix" or not sys.executable:
             return False
         if self.mode == "on":
             return True
@@ -330,6 +335,7 @@ class OffloadedMinimiser:
             return None
         try:
             self._worker = WorkerProcess(self.config, self.timeout)
+            self._worker.give_up_at = self._give_up_at
         except (OSError, ValueError, WorkerFailed) as exc:
             self._retry_at = time.monotonic() + RESTART_AFTER
             self.last_error = str(exc)[:300]
@@ -453,9 +459,20 @@ class OffloadedMinimiser:
         if worker is not None:
             worker.close()
 
+    def give_up_by(self, deadline: float) -> None:
+        """The application is stopping (`time.monotonic()` deadline): a batch still waiting
+        on the worker then comes back to the writer's thread, which minimises and stores it
+        itself before the process exits; later batches are minimised there too. Without
+        this a hung worker held the writer's batch past the drain, and it was lost."""
+        self._give_up_at = deadline
+        worker = self._worker
+        if worker is not None:
+            worker.give_up_at = deadline
+
     def reopen(self) -> None:
         """Allow a worker again (a collector started after a stop)."""
         self._closed = False
+        self.give_up_by(float("inf"))
 
     def health(self) -> dict[str, Any]:
         worker = self._worker

@@ -196,3 +196,29 @@ def test_the_worker_forgets_a_days_salt_as_the_parent_does() -> None:
     newest = int((first + 4 * 86400) // 86400)
     kept = set(worker._salts) | set(worker.enricher.salts._salts)
     assert kept <= {newest - 1, newest}, f"the worker still holds the salts of days {sorted(kept)}"
+
+
+def test_a_stopping_collector_stops_waiting_for_a_hung_worker_at_its_give_up_time() -> None:
+    """The collector's stop has a deadline (shutdown_timeout); a batch waiting on a stopped
+    worker must come back to the writer thread well before it, not after the worker's own
+    60 s, or the process exits with the batch still in the writer's hands (lost)."""
+    reference, off = pair([], timeout=60.0)
+    try:
+        batch = [page(i) for i in range(100)]
+        off.process(batch)
+        pid = off.health()["minimise_worker_pid"]
+        os.kill(pid, signal.SIGSTOP)
+        got: dict[str, Any] = {}
+        thread = threading.Thread(target=lambda: got.update(tables=off.process(batch)))
+        thread.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        off.give_up_by(time.monotonic() + 1.0)  # what Collector.stop does first
+        thread.join(10)
+        assert not thread.is_alive() and time.monotonic() - started < 3
+        same_tables(got["tables"], reference.process(batch))
+        assert off.fallbacks == 1
+        off.process(batch)  # while stopping, batches are minimised here
+        assert off.fallbacks == 1 and off.offloaded == 1
+    finally:
+        off.close()

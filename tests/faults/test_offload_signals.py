@@ -1,0 +1,61 @@
+"""A real uvicorn server with the minimise worker on (CONSENTMW_MINIMISE_WORKER=on), under
+load, stopped by SIGTERM: every acknowledged event is stored exactly once, also when the
+worker was killed or stopped (SIGSTOP) mid-load, and the worker does not outlive the server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from .helpers import count_in_subprocess
+from .test_signals import Load, Server, cookie, spooled_rows  # noqa: F401 - `cookie` is a fixture
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attack", ["none", "SIGKILL", "SIGSTOP"])
+def test_sigterm_with_the_worker_stores_every_acknowledged_event_once(tmp_path: Path, cookie: str,
+                                                                       attack: str) -> None:
+    server = Server(tmp_path, CONSENTMW_MINIMISE_WORKER="on").start()
+    with Load(server.port, cookie, limit=20000) as load:
+        server.wait_healthy_under_load()
+        health = server.health()
+        deadline = time.monotonic() + 20
+        while health["minimise_offloaded_batches"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            health = server.health()
+        pid = health["minimise_worker_pid"]
+        assert health["minimise_worker"] == "running" and health["minimise_offloaded_batches"] > 0, health
+        if attack != "none":
+            os.kill(pid, getattr(signal, attack))
+            time.sleep(1.5)  # batches meet the dead or stopped worker
+        server.signal(signal.SIGTERM)
+        t = time.monotonic()
+        code = server.wait(60)
+        stopped_in = time.monotonic() - t
+    assert code in (0, -signal.SIGTERM), server.output()
+    acked, sent = load.acked, load.sent
+    result = count_in_subprocess(server.dsn)
+    left = spooled_rows(tmp_path / "spool")
+    print(f"\n[worker {attack}] sent={sent} acked={acked} stored={result['count']} distinct={result['distinct']} "
+          f"left_in_spool={left} shutdown={stopped_in:.2f}s")
+    assert acked > 500
+    assert result["count"] == result["distinct"], "duplicates"
+    assert result["count"] + left >= acked, "acknowledged events lost"
+    assert result["count"] + left <= sent
+    assert stopped_in < 20
+    deadline = time.monotonic() + 10
+    while not _gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _gone(pid), "the minimise worker outlived the server"
