@@ -35,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -244,6 +245,17 @@ class WorkerProcess:
                 raise WorkerFailed(f"the worker exited (status {self.proc.poll()})")
             return n
 
+    def forget(self) -> None:
+        """In a forked child: close this process's copies of the pipes, leave the worker be
+        (it is the parent's; a copy kept open would keep it waiting after the parent ends)."""
+        for fd in (self._w, self._r):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._w = self._r = -1
+
     def close(self, wait: float = 2.0) -> None:
         """Close its pipes (it exits at once), kill it if it does not. Only the thread that
         owns the worker may call it: a descriptor closed under another thread's read or
@@ -285,6 +297,7 @@ class OffloadedMinimiser:
         self.offloaded = 0
         self.fallbacks = 0
         self.last_error = ""
+        _instances.add(self)
 
     # -- the writer's `process` --------------------------------------------------
     def process(self, items: Iterable[Any]) -> Tables:
@@ -459,6 +472,14 @@ class OffloadedMinimiser:
         if worker is not None:
             worker.close()
 
+    def _forked(self) -> None:
+        """In a child forked from this process: the worker is the parent's, so forget it
+        (a child that needs one starts its own); the lock may have been held at the fork."""
+        worker, self._worker = self._worker, None
+        self._lock = threading.Lock()
+        if worker is not None:
+            worker.forget()
+
     def give_up_by(self, deadline: float) -> None:
         """The application is stopping (`time.monotonic()` deadline): a batch still waiting
         on the worker then comes back to the writer's thread, which minimises and stores it
@@ -480,3 +501,16 @@ class OffloadedMinimiser:
             "idle" if worker is None else ("running" if worker.ready and worker.alive() else "starting"))
         return {"minimise_worker": state, "minimise_worker_pid": worker.pid if worker is not None else None,
                 "minimise_offloaded_batches": self.offloaded, "minimise_fallback_batches": self.fallbacks}
+
+
+#: every OffloadedMinimiser of this process, for the fork hook below
+_instances: "weakref.WeakSet[OffloadedMinimiser]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for offloaded in list(_instances):
+        offloaded._forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -222,3 +222,51 @@ def test_a_stopping_collector_stops_waiting_for_a_hung_worker_at_its_give_up_tim
         assert off.fallbacks == 1 and off.offloaded == 1
     finally:
         off.close()
+
+
+def test_a_forked_child_neither_keeps_the_worker_alive_nor_talks_to_it(tmp_path: Any) -> None:
+    """An app that forks (multiprocessing, a pre-fork server) copies the worker's pipe ends
+    into the child: the child must drop them, or the worker never sees its app end (its pipe
+    stays open) and the child could write frames into the parent's batch."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from tests.collect.test_offload import _zombie
+
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        sys.path.insert(0, {os.getcwd()!r})
+        from tests.collect.test_offload import pair, page, same_tables
+        reference, off = pair([])
+        off.process([page(i) for i in range(10)])
+        child = os.fork()
+        if child == 0:
+            # the child minimises in its own thread, never through the parent's worker
+            batch = [page(i) for i in range(30)]
+            same_tables(off.process(batch), reference.process(batch))
+            print("child", off.health()["minimise_worker_pid"], off.offloaded, flush=True)
+            time.sleep(60)
+            os._exit(0)
+        print(off.health()["minimise_worker_pid"], child, flush=True)
+        time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    lines = [proc.stdout.readline().split(), proc.stdout.readline().split()]
+    mine = next(line for line in lines if line[0] != "child")
+    theirs = next(line for line in lines if line[0] == "child")
+    pid, child = int(mine[0]), int(mine[1])
+    try:
+        assert theirs[1:] != [str(pid), "2"], "the forked child used the parent's worker"
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while not _zombie(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _zombie(pid), "the worker outlived its app (a forked child kept its pipe open)"
+    finally:
+        try:
+            os.kill(child, signal.SIGKILL)
+        except OSError:
+            pass
