@@ -270,3 +270,91 @@ def test_a_forked_child_neither_keeps_the_worker_alive_nor_talks_to_it(tmp_path:
             os.kill(child, signal.SIGKILL)
         except OSError:
             pass
+
+
+def _hostile_batches() -> dict[str, list[Any]]:
+    from dataclasses import replace
+
+    from tests.test_isolation import poison_record
+
+    base = [page(i) for i in range(20)]
+    foreign = [page(i, site="elsewhere.test") for i in range(5)]
+    bot = [page(90, user_agent=b"Googlebot/2.1 (+http://www.google.com/bot.html)"), page(91, user_agent=b"curl/8.0")]
+
+    def event(kind: str, **data: Any) -> dict[str, Any]:
+        return {"type": kind, "path": "/x", **data}
+
+    record = replace(poison_record("ledger.test"), ts=1763769600.0)
+    return {
+        "huge text": base + [page(50, path="/" + "a" * 2_000_000, user_agent=b"U" * 500_000,
+                                  referrer="https://x.test/" + "b" * 300_000)],
+        "invalid utf-8": base + [page(51, user_agent=b"\xff\xfe\xc3(", language=b"\xc0\x80", referrer=b"\xed\xa0\x80",
+                                      forwarded_for=b"\xff", path=b"/\xff")._replace(site=b"ex\xffample.com")],
+        "lone surrogates": base + [page(52, consent_id="c\ud800", path="/\udfff", user_agent="UA\ud800")],
+        "nan time": base + [page(55, ts=float("nan"))],
+        "inf time": base + [page(56, ts=float("inf"))],
+        "negative time": base + [page(57, ts=-1.5)],
+        "int time": base + [page(58, ts=1763769600)],
+        "huge int time": base + [page(58, ts=10**17 + 1)],
+        "negative status": base + [page(60, status=-1)],
+        "huge status": base + [page(61, status=2**70)],
+        "nan duration": base + [page(62, duration_ms=float("nan"))],
+        "inf duration": base + [page(63, duration_ms=float("-inf"))],
+        "nested props": base + [page(64, event_type="custom", data=event("custom", name="n", props={"k": {"a": 1}}))],
+        "list props": base + [page(66, event_type="custom", data=event("custom", name="n", props={"k": ["a"]}))],
+        "int key props": base + [page(68, event_type="custom", data=event("custom", name="n", props={1: "v"}))],
+        "good props": base + [page(69, event_type="custom", data=event("custom", name="n", props={"k": "v", "é": "\x00"}))],
+        "timing text": base + [page(70, event_type="timing", data=event("timing", ttfb="12"))],
+        "timing huge": base + [page(71, event_type="timing", data=event("timing", ttfb=2**80))],
+        "bots and foreign hosts": base + foreign + bot,
+        "empty": [],
+        "only ledger": [record],
+        "hits and ledger": base + [record, record],
+        "spans midnight": [page(i, ts=1763856000.0 - 10 + i) for i in range(20)],
+        "years apart": [page(i, ts=1763769600.0 + 86400 * 365 * i) for i in range(20)],
+    }
+
+
+def test_hostile_values_in_every_field_give_the_in_thread_outcome_and_counts() -> None:
+    """Each batch: the same tables, or the same exception (then the writer isolates the bad
+    item in-thread as before), and the same bot / host / row / blocked counts."""
+    from consentmw.collect.enrich import Enricher
+    from consentmw.collect.minimise import Minimiser
+    from consentmw.collect.minimise_worker import WorkerConfig
+    from consentmw.collect.offload import OffloadedMinimiser
+    from tests.collect.test_offload import KEY
+
+    reference, plain = pair([])
+    plain.close()
+    hosts = ["www.example.com"]
+    salts = reference.enricher.salts
+    reference = Minimiser(reference.policy, Enricher([], None, KEY, salts=salts, allowed_hosts=hosts))
+    off = OffloadedMinimiser(Minimiser(reference.policy, Enricher([], None, KEY, salts=salts, allowed_hosts=hosts)),
+                             WorkerConfig(reference.policy, [], None, KEY, allowed_hosts=hosts), mode="on")
+    blocked = {"c3"}
+    for m in (reference, off.minimiser):
+        m.blocked = blocked.__contains__
+    try:
+        for name, batch in _hostile_batches().items():
+            counts = [(m.counts.bots, m.counts.hosts, m.counts.rows, m.counts.blocked)
+                      for m in (reference, off.minimiser)]
+            try:
+                want: Any = reference.process(batch)
+            except Exception as exc:  # noqa: BLE001 - the outcome compared
+                want = type(exc)
+            try:
+                got: Any = off.process(batch)
+            except Exception as exc:  # noqa: BLE001 - the outcome compared
+                got = type(exc)
+            if isinstance(want, type):
+                assert got is want, name
+            else:
+                assert isinstance(got, dict), (name, got)
+                same_tables(got, want)
+            after = [(m.counts.bots, m.counts.hosts, m.counts.rows, m.counts.blocked)
+                     for m in (reference, off.minimiser)]
+            deltas = [tuple(a - b for a, b in zip(after[k], counts[k])) for k in range(2)]
+            assert deltas[0] == deltas[1], name
+        assert off.offloaded >= 12 and reference.counts.bots and reference.counts.hosts and reference.counts.blocked
+    finally:
+        off.close()
