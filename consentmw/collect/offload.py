@@ -95,7 +95,9 @@ class WorkerProcess:
     def __init__(self, config: WorkerConfig, timeout: float) -> None:
         self.timeout = timeout
         package_root = str(Path(__file__).resolve().parent.parent.parent)
-        env = dict(os.environ)
+        # The app's own settings stay out of the worker's environment (/proc/PID/environ):
+        # it is configured by `config` alone and holds no secret but the consent-proof key.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONSENTMW_")}
         env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         # The protocol has pipes of its own, passed by number: the child's stdout is the
         # app's stderr, so whatever prints in it (a sitecustomize, a library, a traceback)

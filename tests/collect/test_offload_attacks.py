@@ -315,6 +315,7 @@ def _hostile_batches() -> dict[str, list[Any]]:
     }
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # NaN times, both ways
 def test_hostile_values_in_every_field_give_the_in_thread_outcome_and_counts() -> None:
     """Each batch: the same tables, or the same exception (then the writer isolates the bad
     item in-thread as before), and the same bot / host / row / blocked counts."""
@@ -356,5 +357,25 @@ def test_hostile_values_in_every_field_give_the_in_thread_outcome_and_counts() -
             deltas = [tuple(a - b for a, b in zip(after[k], counts[k])) for k in range(2)]
             assert deltas[0] == deltas[1], name
         assert off.offloaded >= 12 and reference.counts.bots and reference.counts.hosts and reference.counts.blocked
+    finally:
+        off.close()
+
+
+def test_the_worker_is_not_handed_the_apps_consentmw_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker needs only the consent-proof key (in its config); the signing secret, the
+    store's password and the admin token in the app's environment stay out of its own."""
+    monkeypatch.setenv("CONSENTMW_SECRET_KEY", "the-signing-secret-xyz")
+    monkeypatch.setenv("CONSENTMW_CLICKHOUSE_DSN", "clickhouse://u:hunter2@db:8123/x")
+    monkeypatch.setenv("CONSENTMW_ADMIN_TOKEN", "admin-token-xyz")
+    reference, off = pair([])
+    try:
+        batch = [page(i) for i in range(30)]
+        same_tables(off.process(batch), reference.process(batch))
+        with open(f"/proc/{off.health()['minimise_worker_pid']}/environ", "rb") as f:
+            environ = f.read()
+        names = [entry.split(b"=", 1)[0].decode() for entry in environ.split(b"\0") if entry]
+        leaked = b"hunter2" in environ or b"admin-token-xyz" in environ  # no environment in the report
+        assert [n for n in names if n.startswith("CONSENTMW_")] == [] and not leaked
+        assert off.offloaded == 1
     finally:
         off.close()
