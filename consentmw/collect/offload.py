@@ -104,13 +104,18 @@ class WorkerProcess:
         # can never be read as a frame. A session of its own: a Ctrl-C in the terminal stops
         # the server, which then drains through the worker; the worker ends when the server
         # closes its pipe (or dies).
+        try:  # a daemonised app may have no fd 2: then the child's stdout goes nowhere
+            os.fstat(2)
+            stdout: int = 2
+        except OSError:
+            stdout = subprocess.DEVNULL
         to_child, self._w = os.pipe()
         self._r, from_child = os.pipe()
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", "from consentmw.collect.minimise_worker import main; main()",
                  str(to_child), str(from_child)],
-                stdin=subprocess.DEVNULL, stdout=2, env=env, start_new_session=True, close_fds=True,
+                stdin=subprocess.DEVNULL, stdout=stdout, env=env, start_new_session=True, close_fds=True,
                 pass_fds=(to_child, from_child))
         except BaseException:
             os.close(self._w)

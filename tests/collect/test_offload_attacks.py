@@ -379,3 +379,27 @@ def test_the_worker_is_not_handed_the_apps_consentmw_secrets(monkeypatch: pytest
         assert off.offloaded == 1
     finally:
         off.close()
+
+
+def test_an_app_without_stderr_still_gets_its_worker() -> None:
+    """A daemonised app may run with fd 2 closed: the worker's stdout (normally the app's
+    stderr) must then go nowhere, not stop the worker from starting."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {os.getcwd()!r})
+        out = os.dup(1)
+        from tests.collect.test_offload import pair, page, same_tables
+        reference, off = pair([])
+        os.close(2)
+        batch = [page(i) for i in range(30)]
+        same_tables(off.process(batch), reference.process(batch))
+        os.write(out, f"{{off.offloaded}} {{off.fallbacks}}\\n".encode())
+        off.close()
+    """)
+    done = subprocess.run([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                          timeout=120, text=True)
+    assert done.stdout.split() == ["1", "0"], done.stdout
