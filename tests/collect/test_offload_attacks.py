@@ -403,3 +403,23 @@ def test_an_app_without_stderr_still_gets_its_worker() -> None:
     done = subprocess.run([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                           timeout=120, text=True)
     assert done.stdout.split() == ["1", "0"], done.stdout
+
+
+def test_several_collectors_in_one_process_each_have_their_own_worker() -> None:
+    """Two apps mounted in one process (or a reload that builds a second collector before the
+    first stops): each minimiser has its own worker, and stopping one leaves the other."""
+    (ref_a, a), (ref_b, b) = pair([]), pair([])
+    try:
+        batch = [page(i) for i in range(40)]
+        same_tables(a.process(batch), ref_a.process(batch))
+        same_tables(b.process(batch), ref_b.process(batch))
+        pid_a, pid_b = a.health()["minimise_worker_pid"], b.health()["minimise_worker_pid"]
+        assert None not in (pid_a, pid_b) and pid_a != pid_b
+        a.close()
+        same_tables(b.process(batch), ref_b.process(batch))
+        assert b.offloaded == 2 and b.health()["minimise_worker_pid"] == pid_b
+        same_tables(a.process(batch), ref_a.process(batch))  # closed: minimised in-thread
+        assert a.offloaded == 1 and a.health()["minimise_worker_pid"] is None
+    finally:
+        a.close()
+        b.close()
