@@ -362,7 +362,7 @@ class OffloadedMinimiser:
             log.warning("consentmw: the minimise worker could not start (%s); minimising in-process", exc)
             return None
         if self.mode == "on":  # tests and small deployments that asked for it: wait for it once
-            deadline = time.monotonic() + self.timeout
+            deadline = min(time.monotonic() + self.timeout, self._give_up_at)
             while time.monotonic() < deadline and self._worker.alive():
                 try:
                     if self._worker.poll_ready():
