@@ -175,13 +175,17 @@ class WorkerProcess:
             got = self._recv(deadline)
             assert got is not None
             kind, payload = got
-            if kind == b"T":
-                view = memoryview(payload)
-                cut = payload.index(b"\0")
-                name = bytes(view[:cut]).decode()
-                tables[name] = pa.ipc.open_stream(pa.py_buffer(view[cut + 1:])).read_all()
-            elif kind == b"D":
-                return tables, msgspec.msgpack.decode(payload)
+            if kind == b"T" or kind == b"D":
+                try:
+                    if kind == b"D":
+                        counts = msgspec.msgpack.decode(payload, type=dict[str, int])
+                        return tables, counts
+                    view = memoryview(payload)
+                    cut = payload.index(b"\0")
+                    name = bytes(view[:cut]).decode()
+                    tables[name] = pa.ipc.open_stream(pa.py_buffer(view[cut + 1:])).read_all()
+                except Exception as exc:  # noqa: BLE001 - a worker that answers garbage is a failed worker
+                    raise WorkerFailed(f"a {kind.decode()} frame did not parse: {exc}") from None
             elif kind == b"E":
                 raise NotOffloadable("the batch raised in the worker: " + bytes(payload).decode("utf-8", "replace"))
             else:

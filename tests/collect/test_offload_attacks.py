@@ -423,3 +423,23 @@ def test_several_collectors_in_one_process_each_have_their_own_worker() -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_a_worker_that_answers_garbage_costs_no_batch(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker whose tables do not parse (a bug there, a broken library) is a failed worker:
+    the batch is minimised here, not raised to the writer, which would split it and
+    quarantine good items."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "from consentmw.collect import minimise_worker\n"
+        "def finish(self, meta):\n"
+        "    self.hits = []\n"
+        "    return [('events_statistics', b'not arrow')], b'\\x80'\n"
+        "minimise_worker.Worker.finish = finish\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    reference, off = pair([])
+    try:
+        batch = [page(i) for i in range(50)]
+        same_tables(off.process(batch), reference.process(batch))
+        assert (off.offloaded, off.fallbacks) == (0, 1), off.last_error
+    finally:
+        off.close()
