@@ -31,14 +31,16 @@ import logging
 import os
 import pickle
 import select
+import signal
 import subprocess
 import sys
 import threading
 import time
 import weakref
+from contextlib import contextmanager
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 try:
     import fcntl
@@ -87,6 +89,23 @@ def _cpus() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+@contextmanager
+def _sigpipe_blocked() -> Iterator[None]:
+    """Writes to a worker that died fail with EPIPE, never with a SIGPIPE that terminates
+    the app (Python ignores SIGPIPE, but an embedding server or the app may restore it)."""
+    if signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN:
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})
+    try:
+        yield
+    finally:
+        if signal.SIGPIPE not in old:
+            while signal.SIGPIPE in signal.sigpending():  # raised by our write: consume it
+                signal.sigtimedwait([signal.SIGPIPE], 0)
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class WorkerProcess:
@@ -193,6 +212,10 @@ class WorkerProcess:
 
     # -- pipes -------------------------------------------------------------------
     def _send(self, frames: list[list[bytes | memoryview]], deadline: float) -> None:
+        with _sigpipe_blocked():
+            self._send_unguarded(frames, deadline)
+
+    def _send_unguarded(self, frames: list[list[bytes | memoryview]], deadline: float) -> None:
         for pieces in frames:
             for piece in pieces:
                 view = memoryview(piece)

@@ -443,3 +443,28 @@ def test_a_worker_that_answers_garbage_costs_no_batch(tmp_path: Any, monkeypatch
         assert (off.offloaded, off.fallbacks) == (0, 1), off.last_error
     finally:
         off.close()
+
+
+def test_a_dead_worker_does_not_kill_an_app_that_does_not_ignore_sigpipe() -> None:
+    """Python ignores SIGPIPE, but an embedding server or the app may restore its default
+    (terminate): writing a batch to a worker that died must then cost the batch's trip to
+    the worker, not the whole application."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import os, signal, sys, time
+        sys.path.insert(0, {os.getcwd()!r})
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        from tests.collect.test_offload import pair, page, same_tables
+        reference, off = pair([])
+        off.process([page(i) for i in range(50)])
+        os.kill(off.health()["minimise_worker_pid"], signal.SIGKILL)
+        time.sleep(0.3)
+        batch = [page(i) for i in range(3000)]
+        same_tables(off.process(batch), reference.process(batch))
+        print("survived", off.fallbacks, flush=True)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], stdout=subprocess.PIPE, timeout=120, text=True)
+    assert (done.returncode, done.stdout.split()) == (0, ["survived", "1"])
