@@ -28,6 +28,15 @@ def _gone(pid: int) -> bool:
 def test_sigterm_with_the_worker_stores_every_acknowledged_event_once(tmp_path: Path, cookie: str,
                                                                        attack: str) -> None:
     server = Server(tmp_path, CONSENTMW_MINIMISE_WORKER="on").start()
+    try:
+        _drive(server, cookie, attack, tmp_path)
+    finally:
+        if server.proc is not None and server.proc.poll() is None:  # a failed check: no server left behind
+            server.proc.kill()
+            server.proc.wait(10)
+
+
+def _drive(server: Server, cookie: str, attack: str, tmp_path: Path) -> None:
     with Load(server.port, cookie, limit=20000) as load:
         server.wait_healthy_under_load()
         health = server.health()
