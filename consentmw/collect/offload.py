@@ -13,7 +13,7 @@ the worker replaces only the CPU work, never the store.
 The worker is a help, never a dependency:
 
 * it starts on the first batch big enough to be worth it (`auto`: `AUTO_MIN_HITS` hits,
-  and only on a machine with a second CPU), off the event loop, and batches are minimised
+  and only with `AUTO_MIN_CPUS` CPUs or more), off the event loop, and batches are minimised
   in the writer's thread until it says it is ready;
 * a batch the worker cannot finish (it raised, died, or did not answer in
   `timeout` seconds) is minimised in the writer's thread, exactly as without a worker, so
@@ -62,6 +62,12 @@ MODES = ("auto", "on", "off")
 #: `auto` starts the worker for a batch of at least this many hits (a site at ~1,000 pages a
 #: second); once it runs, batches of `MIN_HITS` or more go to it
 AUTO_MIN_HITS = 1_000
+#: ... and with at least this many CPUs. The worker spends more CPU per event than the writer
+#: thread (it decodes what the app encoded), and on two vCPUs shared with the app, its
+#: proxy and whatever else runs there, that outweighed the GIL it saves: measured on a
+#: 2-vCPU machine, 0.76x -> 0.69x of the bare app's req/s with it (BENCHMARKS.md). With
+#: cores to spare the app keeps only encoding and inserting (~2.5 of ~5.5 µs per event).
+AUTO_MIN_CPUS = 4
 MIN_HITS = 64
 #: hits encoded per slice: ~0.7 ms of GIL, then the pacer may hand the GIL to the event loop
 CHUNK = 1_000
@@ -363,7 +369,7 @@ class OffloadedMinimiser:
             return False
         if self.mode == "on":
             return True
-        return hits >= (MIN_HITS if self._worker is not None else AUTO_MIN_HITS) and _cpus() >= 2
+        return hits >= (MIN_HITS if self._worker is not None else AUTO_MIN_HITS) and _cpus() >= AUTO_MIN_CPUS
 
     def _ready_worker(self, hits: int) -> WorkerProcess | None:
         """The running worker if it is ready; else start one (when due) and return None."""

@@ -229,16 +229,16 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-def test_auto_mode_waits_for_a_busy_batch_and_a_second_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_mode_waits_for_a_busy_batch_and_cpus_to_spare(monkeypatch: pytest.MonkeyPatch) -> None:
     _, off = pair([], mode="auto")
     try:
         small = [page(i) for i in range(offload.AUTO_MIN_HITS - 1)]
         off.process(small)
         assert off.health()["minimise_worker"] == "off" or off.health()["minimise_worker_pid"] is None
-        monkeypatch.setattr(offload, "_cpus", lambda: 1)
+        monkeypatch.setattr(offload, "_cpus", lambda: offload.AUTO_MIN_CPUS - 1)
         off.process(small + [page(0)])
-        assert off.health()["minimise_worker_pid"] is None  # one CPU: nothing to gain
-        monkeypatch.setattr(offload, "_cpus", lambda: 2)
+        assert off.health()["minimise_worker_pid"] is None  # too few CPUs: nothing to gain
+        monkeypatch.setattr(offload, "_cpus", lambda: offload.AUTO_MIN_CPUS)
         off.process(small + [page(0)])  # starts it; this batch is minimised here meanwhile
         assert off.health()["minimise_worker_pid"] is not None and off.offloaded == 0
         deadline = time.monotonic() + 30
