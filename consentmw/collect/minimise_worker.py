@@ -33,7 +33,7 @@ import os
 import pickle
 import struct
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO
 
 HEADER = struct.Struct(">cI")
@@ -123,7 +123,7 @@ class Worker:
             row[6] = purposes
             hits.append(new_hit(Hit, row))
 
-    def finish(self, meta_bytes: bytes) -> tuple[list[tuple[str, bytes]], bytes]:
+    def finish(self, meta_bytes: bytes) -> tuple[list[tuple[str, Any]], bytes]:
         """Minimise the batch gathered so far: (table name, Arrow IPC) pairs and the counts."""
         import pyarrow as pa
 
@@ -156,9 +156,8 @@ class Worker:
             sink = pa.BufferOutputStream()
             with pa.ipc.new_stream(sink, table.schema) as writer:
                 writer.write_table(table)
-            out.append((name, sink.getvalue().to_pybytes()))
-        done = self._encode({"bots": counts.bots, "hosts": counts.hosts, "rows": counts.rows,
-                             "blocked": counts.blocked})
+            out.append((name, sink.getvalue()))  # written to the pipe as it is, not copied
+        done = self._encode(asdict(counts))
         del tables, hits
         pa.default_memory_pool().release_unused()  # a batch's Arrow buffers go back, not kept for the next
         return out, done
@@ -171,7 +170,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
         return
     worker = Worker(pickle.loads(first[1]))
 
-    def send(kind: bytes, *parts: bytes) -> None:
+    def send(kind: bytes, *parts: Any) -> None:
         for piece in frame(kind, *parts):
             out.write(piece)
 
@@ -213,18 +212,10 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
 
 
 def main() -> None:
-    """Serve on the pipes whose numbers the parent passed (`main IN OUT`), or on stdin and
-    stdout when run by hand. Nothing else writes to them: fd 1 and `sys.stdout` are stderr."""
-    if len(sys.argv) == 3:
-        inp = os.fdopen(int(sys.argv[1]), "rb", buffering=1 << 16)
-        out = os.fdopen(int(sys.argv[2]), "wb", buffering=1 << 16)
-    else:
-        inp = os.fdopen(os.dup(0), "rb", buffering=1 << 16)
-        out = os.fdopen(os.dup(1), "wb", buffering=1 << 16)
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
-        os.dup2(2, 1)
-    sys.stdout = sys.stderr
+    """Serve on the two pipes whose numbers the parent passed (`main IN OUT`). Nothing else
+    writes to them: the parent made fd 1 its stderr (or /dev/null)."""
+    inp = os.fdopen(int(sys.argv[1]), "rb", buffering=1 << 16)
+    out = os.fdopen(int(sys.argv[2]), "wb", buffering=1 << 16)
     try:
         serve(inp, out)
     except (BrokenPipeError, KeyboardInterrupt):

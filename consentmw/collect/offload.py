@@ -38,7 +38,7 @@ import threading
 import time
 import weakref
 from contextlib import contextmanager
-from operator import itemgetter
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -234,11 +234,18 @@ class WorkerProcess:
                         raise WorkerFailed(f"worker pipe: {exc}") from None
                     view = view[n:]
                     if view:
-                        left = min(deadline, self.give_up_at) - time.monotonic()
-                        if left <= 0:
-                            raise WorkerFailed(f"the worker took no input for {self.timeout:g} s"
-                                               if deadline <= self.give_up_at else "the application is stopping")
-                        select.select([], [self._w], [], min(left, 0.25))
+                        self._wait(self._w, deadline, f"the worker took no input for {self.timeout:g} s")
+
+    def _wait(self, fd: int, deadline: float, why: str) -> None:
+        """Wait until `fd` (our write or read end) is ready, at most until the batch's
+        deadline or the application's give-up time, whichever comes first."""
+        left = min(deadline, self.give_up_at) - time.monotonic()
+        if left <= 0:
+            raise WorkerFailed(why if deadline <= self.give_up_at else "the application is stopping")
+        if fd == self._w:
+            select.select([], [fd], [], min(left, 0.25))
+        else:
+            select.select([fd], [], [], min(left, 0.25))
 
     def _recv(self, deadline: float, wait: bool = True) -> tuple[bytes, bytearray] | None:
         """One frame, read straight into its own buffer; None only when `wait` is false and
@@ -273,11 +280,7 @@ class WorkerProcess:
             except BlockingIOError:
                 if not wait:
                     return None
-                left = min(deadline, self.give_up_at) - time.monotonic()
-                if left <= 0:
-                    raise WorkerFailed(f"no answer from the worker in {self.timeout:g} s"
-                                       if deadline <= self.give_up_at else "the application is stopping") from None
-                select.select([self._r], [], [], min(left, 0.25))
+                self._wait(self._r, deadline, f"no answer from the worker in {self.timeout:g} s")
                 continue
             except OSError as exc:
                 raise WorkerFailed(f"worker pipe: {exc}") from None
@@ -286,8 +289,9 @@ class WorkerProcess:
             return n
 
     def forget(self) -> None:
-        """In a forked child: close this process's copies of the pipes, leave the worker be
-        (it is the parent's; a copy kept open would keep it waiting after the parent ends)."""
+        """Close this process's ends of the pipes and leave the worker be: in a forked child
+        (the worker is the parent's; a copy kept open would keep it waiting after the parent
+        ends), and as the first step of `close`."""
         for fd in (self._w, self._r):
             if fd >= 0:
                 try:
@@ -300,13 +304,7 @@ class WorkerProcess:
         """Close its pipes (it exits at once), kill it if it does not. Only the thread that
         owns the worker may call it: a descriptor closed under another thread's read or
         write can be reused at once by a socket or file, whose bytes that thread would take."""
-        for fd in (self._w, self._r):
-            if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        self._w = self._r = -1
+        self.forget()
         try:
             self.proc.wait(wait)
         except subprocess.TimeoutExpired:
@@ -341,6 +339,8 @@ class OffloadedMinimiser:
 
     # -- the writer's `process` --------------------------------------------------
     def process(self, items: Iterable[Any]) -> Tables:
+        if self.mode == "off":
+            return self.minimiser.process(items)
         items = items if isinstance(items, list) else list(items)
         hits = [i for i in items if type(i) is Hit]
         if not self._wanted(len(hits)) or not self._lock.acquire(blocking=False):
@@ -408,7 +408,7 @@ class OffloadedMinimiser:
 
     def _offload(self, worker: WorkerProcess, hits: list[Hit]) -> Tables:
         minimiser = self.minimiser
-        if not set(map(type, map(itemgetter(6), hits))) <= _FROZENSET:
+        if not set(map(type, map(attrgetter("purposes"), hits))) <= _FROZENSET:
             # msgpack carries any collection as a list and the worker makes it a frozenset:
             # purposes the minimiser would refuse (a list) must not be accepted there.
             raise NotOffloadable("a hit's purposes are not a frozenset")
@@ -443,17 +443,15 @@ class OffloadedMinimiser:
             for key, n in counts.items():
                 totals[key] = totals.get(key, 0) + n
         own = minimiser.counts  # counted once the whole batch is done (a failure re-runs it here)
-        own.bots += totals.get("bots", 0)
-        own.hosts += totals.get("hosts", 0)
-        own.rows += totals.get("rows", 0)
-        own.blocked += totals.get("blocked", 0)
+        for key, n in totals.items():
+            setattr(own, key, getattr(own, key) + n)
         return {name: found[0] if len(found) == 1 else pa.concat_tables(found) for name, found in parts.items()}
 
     def _meta(self, hits: list[Hit]) -> bytes:
         """What the worker needs that only this process knows: the salts of the batch's days,
         and which of its consents are blocked or were erased (with when)."""
         minimiser = self.minimiser
-        stamps = np.fromiter(map(itemgetter(0), hits), dtype=np.float64, count=len(hits))
+        stamps = np.fromiter(map(attrgetter("ts"), hits), dtype=np.float64, count=len(hits))
         days = [int(d) for d in np.unique(np.floor_divide(stamps, 86400))]
         salts = {str(day): minimiser.enricher.salts.salt(day) for day in days}
         blocked_ids: list[str] = []
