@@ -14,6 +14,7 @@ import pytest
 
 from consentmw.collect.salt import DailySalts
 from tests.collect.test_offload import page, pair, same_tables
+from tests.faults.helpers import wait_gone
 
 
 @pytest.mark.parametrize("cid", ["c1\x00", "c1\ufdd0", b"c1\xff", "c1\ud800", b"c1"])
@@ -132,14 +133,23 @@ def test_closing_while_a_batch_is_out_never_closes_the_pipes_under_it() -> None:
 def test_stray_output_at_the_childs_start_does_not_corrupt_the_protocol(tmp_path: Any,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """A sitecustomize (or any start-up hook) that prints must not be read as a frame."""
-    (tmp_path / "sitecustomize.py").write_text(
+    offloaded, fallbacks, why = batch_with_sitecustomize(
+        tmp_path, monkeypatch,
         "import os, sys\nprint('hello from sitecustomize')\nsys.stdout.flush()\nos.write(1, b'raw fd 1 noise\\n')\n")
+    assert (offloaded, fallbacks) == (1, 0), why
+
+
+def batch_with_sitecustomize(tmp_path: Any, monkeypatch: pytest.MonkeyPatch, source: str) -> tuple[int, int, str]:
+    """One batch through a worker whose interpreter runs `source` at start-up (a
+    sitecustomize): it must come out as the in-thread minimiser's, whoever minimised it.
+    Returns (batches offloaded, batches that fell back, the last worker error)."""
+    (tmp_path / "sitecustomize.py").write_text(source)
     monkeypatch.setenv("PYTHONPATH", str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     reference, off = pair([])
     try:
         batch = [page(i) for i in range(50)]
         same_tables(off.process(batch), reference.process(batch))
-        assert (off.offloaded, off.fallbacks) == (1, 0), off.last_error
+        return off.offloaded, off.fallbacks, off.last_error
     finally:
         off.close()
 
@@ -232,7 +242,6 @@ def test_a_forked_child_neither_keeps_the_worker_alive_nor_talks_to_it(tmp_path:
     import sys
     import textwrap
 
-    from tests.collect.test_offload import _zombie
 
     script = textwrap.dedent(f"""
         import os, sys, time
@@ -261,10 +270,7 @@ def test_a_forked_child_neither_keeps_the_worker_alive_nor_talks_to_it(tmp_path:
         assert theirs[1:] != [str(pid), "2"], "the forked child used the parent's worker"
         proc.kill()
         proc.wait()
-        deadline = time.monotonic() + 10
-        while not _zombie(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert _zombie(pid), "the worker outlived its app (a forked child kept its pipe open)"
+        assert wait_gone(pid), "the worker outlived its app (a forked child kept its pipe open)"
     finally:
         try:
             os.kill(child, signal.SIGKILL)
@@ -429,20 +435,14 @@ def test_a_worker_that_answers_garbage_costs_no_batch(tmp_path: Any, monkeypatch
     """A worker whose tables do not parse (a bug there, a broken library) is a failed worker:
     the batch is minimised here, not raised to the writer, which would split it and
     quarantine good items."""
-    (tmp_path / "sitecustomize.py").write_text(
+    offloaded, fallbacks, why = batch_with_sitecustomize(
+        tmp_path, monkeypatch,
         "from consentmw.collect import minimise_worker\n"
         "def finish(self, meta):\n"
         "    self.hits = []\n"
         "    return [('events_statistics', b'not arrow')], b'\\x80'\n"
         "minimise_worker.Worker.finish = finish\n")
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    reference, off = pair([])
-    try:
-        batch = [page(i) for i in range(50)]
-        same_tables(off.process(batch), reference.process(batch))
-        assert (off.offloaded, off.fallbacks) == (0, 1), off.last_error
-    finally:
-        off.close()
+    assert (offloaded, fallbacks) == (0, 1), why
 
 
 def test_a_dead_worker_does_not_kill_an_app_that_does_not_ignore_sigpipe() -> None:

@@ -28,6 +28,23 @@ HERE = Path(__file__).resolve().parent
 
 
 # -- fake ClickHouse servers ----------------------------------------------------------
+def process_gone(pid: int) -> bool:
+    """True once a process has exited: no longer in /proc, or a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    """Whether the process ends within `timeout` seconds (polled)."""
+    deadline = time.monotonic() + timeout
+    while not process_gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return process_gone(pid)
+
+
 def closed_port() -> int:
     """A loopback port nobody listens on (connections are refused)."""
     s = socket.socket()

@@ -11,16 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import count_in_subprocess
+from .helpers import count_in_subprocess, wait_gone
 from .test_signals import Load, Server, cookie, spooled_rows  # noqa: F401 - `cookie` is a fixture
-
-
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except OSError:
-        return True
 
 
 @pytest.mark.slow
@@ -64,7 +56,4 @@ def _drive(server: Server, cookie: str, attack: str, tmp_path: Path) -> None:
     assert result["count"] + left >= acked, "acknowledged events lost"
     assert result["count"] + left <= sent
     assert stopped_in < 20
-    deadline = time.monotonic() + 10
-    while not _gone(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _gone(pid), "the minimise worker outlived the server"
+    assert wait_gone(pid), "the minimise worker outlived the server"
