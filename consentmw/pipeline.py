@@ -90,12 +90,13 @@ class Collector:
         # next process after a restart) gives one visitor one code per day. It is asked for
         # only while the store answers; otherwise a provisional salt keeps the writer going.
         salts = DailySalts(loader=SaltStore(sink).load, available=lambda: self.stats.sink_healthy)
-        self.enricher = Enricher(settings.trusted_proxies, settings.geoip_db, proof_key(settings.secret_key[0]),
+        proofs = proof_key(settings.secret_key[0])
+        self.enricher = Enricher(settings.trusted_proxies, settings.geoip_db, proofs,
                                  settings.forwarded_header, salts=salts, allowed_hosts=settings.allowed_hosts)
         self.minimiser = Minimiser(self.policy, self.enricher)
         # Busy batches are minimised in a worker process, off the event loop's GIL (collect/offload.py).
         self.offload = OffloadedMinimiser(self.minimiser, WorkerConfig(
-            self.policy, list(settings.trusted_proxies), settings.geoip_db, proof_key(settings.secret_key[0]),
+            self.policy, list(settings.trusted_proxies), settings.geoip_db, proofs,
             settings.forwarded_header, list(settings.allowed_hosts)), mode=settings.minimise_worker)
         self.spool = Spool(settings.spool_dir, settings.spool_max_bytes)
         self.stats = Stats()
