@@ -31,6 +31,7 @@ import ssl
 import sys
 import tempfile
 import threading
+import time
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -90,6 +91,7 @@ class ChdbHttpServer:
         self.lock = threading.Lock()
         self.queries: list[str] = []
         self.auth_failures = 0
+        self.refused: list[str] = []  # what each refused request asked, for a failing test's message
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -129,7 +131,7 @@ class ChdbHttpServer:
             if url.path in ("/ping", "/"):
                 if url.path == "/ping" or (not params.get("query") and not body):
                     return self._answer(request, 200, b"Ok.\n", {})
-            self._authenticate(request, params)
+            self._authenticate(request, params, body)
             body = _decompress(body, request.headers.get("content-encoding", ""))
             out, fmt = self._execute(params, body)
             self._answer(request, 200, out, {"X-ClickHouse-Format": fmt} if fmt else {})
@@ -164,7 +166,8 @@ class ChdbHttpServer:
         request.end_headers()
         request.wfile.write(body)
 
-    def _authenticate(self, request: http.server.BaseHTTPRequestHandler, params: dict[str, str]) -> None:
+    def _authenticate(self, request: http.server.BaseHTTPRequestHandler, params: dict[str, str],
+                      body: bytes = b"") -> None:
         user, key = params.get("user"), params.get("password")
         auth = request.headers.get("authorization", "")
         if auth.lower().startswith("basic "):
@@ -177,6 +180,7 @@ class ChdbHttpServer:
         user = user or "default"
         if user != self.user or (key or "") != self.password:
             self.auth_failures += 1
+            self.refused.append(f"{time.monotonic():.2f} {(params.get('query') or body)[:100]!r}")
             raise ClickHouseError(516, f"Code: 516. DB::Exception: {user}: Authentication failed: password is "
                                        "incorrect, or there is no user with such name. (AUTHENTICATION_FAILED)", 403)
 

@@ -284,3 +284,23 @@ def test_server_inserts_keep_deduplication(store: Store) -> None:
     sent = Capture.settings
     assert sent["insert_deduplication_token"] == "tok"
     assert not sent.get("async_insert") or sent.get("async_insert_deduplicate") == 1
+
+
+@pytest.mark.parametrize("luck", [0.0, 0.5, 0.999])
+def test_a_refusing_store_is_retried_no_faster_than_the_floor(store: Store, tmp_path: Any, luck: float,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The jitter that keeps collectors out of step must not undercut the floor: with the
+    unluckiest draw a refused login was asked again after 2.5 s (seen in CI)."""
+    from consentmw.store import writer as writer_module
+    from consentmw.store.sink import StoreConfigError
+
+    col = store.collector(spool_dir=str(tmp_path / "spool"))
+    w = col.writer
+    monkeypatch.setattr(writer_module.random, "random", lambda: luck)
+    for _ in range(3):
+        before = time.monotonic()
+        w._failed(StoreConfigError("refused the credentials"), quiet=True)
+        assert w._retry_at - before >= writer_module.BACKOFF_REFUSED
+    w._healthy()
+    w._failed(SinkError("connection refused"), quiet=True)  # a store that is down retries soon
+    assert w._retry_at - time.monotonic() < writer_module.BACKOFF_REFUSED

@@ -477,9 +477,12 @@ class Writer:
         self.stats.sink_healthy = False
         self.stats.add("insert_failures", 1)
         self.stats.last_error = redact(str(exc))[:300]
-        if isinstance(exc, StoreConfigError):
+        refused = isinstance(exc, StoreConfigError)
+        if refused:
             self._backoff = max(self._backoff, BACKOFF_REFUSED)
-        self._retry_at = time.monotonic() + self._backoff * (0.5 + random.random())
+        wait = self._backoff * (0.5 + random.random())  # jitter: collectors don't retry in step
+        # The floor holds after the jitter, or a refusing server is asked again after 2.5 s.
+        self._retry_at = time.monotonic() + (max(wait, BACKOFF_REFUSED) if refused else wait)
         self._backoff = min(self._backoff * 2, BACKOFF_MAX)
         if was_healthy and not quiet:
             log.warning("consentmw: store unavailable, spooling (%s)", self.stats.last_error)
