@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import BENCH_DIR, ROOT, machine  # noqa: E402
 
-ORDER = ["middleware", "http", "beacon", "writer", "banner_size", "overload", "memory"]
+ORDER = ["middleware", "http", "beacon", "writer", "store", "banner_size", "overload", "memory"]
 #: a note line of a benchmark that states a goal and its verdict
 GOAL_LINE = re.compile(r"^\s*(?:[-*]\s+)?(goal\b.*\b(?:met|MISSED)\b.*)$", re.IGNORECASE)
 
