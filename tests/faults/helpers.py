@@ -145,17 +145,22 @@ class LostAnswerSink(ClickHouseSink):
 
 
 class SlowSink(ClickHouseSink):
-    """Blocks every insert for `delay` seconds before performing it (a store that hangs)."""
+    """Blocks every insert for `delay` seconds (or until `release` is set) before performing
+    it: a store that hangs. `started` is set when an insert begins, `finished` when one has
+    been performed, so tests wait on events rather than on guessed sleeps."""
 
     def __init__(self, *args: Any, delay: float = 3.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.delay = delay
         self.started = threading.Event()
+        self.release = threading.Event()
+        self.finished = threading.Event()
 
     def insert(self, table: str, data: Any, token: str) -> None:
         self.started.set()
-        time.sleep(self.delay)
+        self.release.wait(self.delay)
         super().insert(table, data, token)
+        self.finished.set()
 
 
 class FlakySink(ClickHouseSink):
