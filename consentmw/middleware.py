@@ -197,7 +197,7 @@ class ConsentMiddleware:
             return send(message)
 
         if not collector.started:
-            collector.start()
+            collector.ensure_started()
         try:
             await self.app(scope, receive, send_capturing)
         finally:

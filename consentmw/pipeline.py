@@ -152,10 +152,11 @@ class Collector:
 
     # -- lifecycle ------------------------------------------------------------
     def ensure_started(self) -> None:
+        """Start on a request's path (no lifespan): nothing slow runs on the event loop."""
         if not self.started:
-            self.start()
+            self.start(warm_up_now=False)
 
-    def start(self) -> None:
+    def start(self, warm_up_now: bool = True) -> None:
         """Start the writer threads. Never blocks on the store: connecting, migrating and
         replaying what an earlier process left in the spool happen on the replay thread."""
         with self._start_lock:
@@ -163,7 +164,7 @@ class Collector:
                 return
             self.started = True
             self.offload.reopen()
-            self.writer.start()
+            self.writer.start(warm_up_now)
             for companion in self.companions:
                 companion.start()
             if self.settings.freeze_gc:

@@ -465,6 +465,32 @@ def test_first_request_starts_collector_without_lifespan(offline: Factory) -> No
     assert mw.collector.writer.running
 
 
+def test_a_start_on_the_request_path_leaves_the_slow_pyarrow_warm_up_to_the_writer(
+        offline: Factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyarrow's first conversion imports pandas (1 s on an idle machine, 4 s seen on a busy
+    one): the first request of a server without lifespan must not run it on the event loop.
+    A lifespan (or explicit) start still runs it before it returns, before serving."""
+    import threading
+    import time
+
+    from consentmw.store import writer as writer_module
+
+    ran_in: list[str] = []
+    monkeypatch.setattr(writer_module, "warm_up_pyarrow", lambda: ran_in.append(threading.current_thread().name))
+    mw = offline()
+    req(mw, "GET", "/", cookies=cookie_for(mw, ["statistics"]))
+    assert mw.collector.writer.running
+    deadline = time.monotonic() + 10
+    while not ran_in and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ran_in == ["consentmw-writer"]
+    mw.collector.stop()
+    ran_in.clear()
+    mw.collector.start()
+    assert ran_in == [threading.current_thread().name]
+    mw.collector.stop()
+
+
 def test_concurrent_requests_each_see_their_own_state(offline: Factory) -> None:
     mw = offline()
     cookies = [cookie_for(mw, g) for g in (["statistics"], [], ["marketing"], ["statistics", "marketing"])]

@@ -169,6 +169,11 @@ def _describe(item: Any) -> Any:
     return item
 
 
+def warm_up_pyarrow() -> None:
+    """pyarrow's first conversion, which imports pandas when it is installed (seconds)."""
+    pa.array(["warm-up"], type=pa.string())
+
+
 def encode_ipc(table: pa.Table) -> bytes:
     sink = io.BytesIO()
     with ipc.new_stream(sink, table.schema) as writer:
@@ -260,7 +265,9 @@ class Writer:
     def healthy(self) -> bool:
         return self.stats.sink_healthy
 
-    def start(self) -> None:
+    def start(self, warm_up_now: bool = True) -> None:
+        """Start the threads. `warm_up_now=False` (a start on the event loop's path) leaves
+        pyarrow's first conversion to the writer thread, which does it before anything else."""
         if self._threads and not self._stop.is_set():
             return
         # A fresh stop event per start: a thread of an earlier run still blocked on the
@@ -269,9 +276,12 @@ class Writer:
         self._deadline = float("inf")
         # pyarrow imports optional modules (pandas) on its first conversion; doing that at
         # interpreter exit fails ("can't register atexit after shutdown") and would cost the
-        # last batch, so the first conversion happens now.
-        pa.array(["warm-up"], type=pa.string())
-        self._threads = [threading.Thread(target=self._run, args=(stop,), name="consentmw-writer", daemon=True),
+        # last batch, so the first conversion happens at start. It takes a second or more
+        # (4 s seen on a busy machine): too long to hold up the event loop.
+        if warm_up_now:
+            warm_up_pyarrow()
+        self._threads = [threading.Thread(target=self._run, args=(stop, not warm_up_now), name="consentmw-writer",
+                                          daemon=True),
                          threading.Thread(target=self._spill_loop, args=(stop,), name="consentmw-spill", daemon=True),
                          threading.Thread(target=self._replay_loop, args=(stop,), name="consentmw-replay", daemon=True)]
         for t in self._threads:
@@ -305,7 +315,9 @@ class Writer:
         self.spool.close()
 
     # -- threads -----------------------------------------------------------------
-    def _run(self, stop: threading.Event) -> None:
+    def _run(self, stop: threading.Event, warm_up: bool = False) -> None:
+        if warm_up:
+            warm_up_pyarrow()
         self.pacer.enter()
         last = time.monotonic()
         while not stop.is_set():
