@@ -220,7 +220,16 @@ def test_cross_origin_writes_are_refused(offline_app: Any, method: str, path: st
 
 
 # -- rate limit --------------------------------------------------------------------------------
-def test_collect_rate_limit_per_client(offline_app: Any) -> None:
+def test_collect_rate_limit_per_client(offline_app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from consentmw.core import ratelimit
+
+    # The buckets' clock stands still while the 29 requests below are sent (on a busy
+    # machine they may take over 2 s, and a refilled token would let one through), then
+    # it is moved on by hand.
+    clock = [1000.0]
+    monkeypatch.setattr(ratelimit, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     mw = offline_app(collect_rate=0.5, collect_burst=5)
     cookie, _ = mw.codec.issue({"statistics"})
 
@@ -234,7 +243,9 @@ def test_collect_rate_limit_per_client(offline_app: Any) -> None:
     assert post("198.51.100.2") == 202  # another client has its own bucket
     assert mw.collector.stats.rate_limited == 23
     assert mw.collector.stats.accepted == 6
-    time.sleep(2.1)  # 0.5 tokens/s refill
+    clock[0] += 1.9  # 0.5 tokens/s refill: not yet a whole token
+    assert post("198.51.100.1") == 429
+    clock[0] += 0.2
     assert post("198.51.100.1") == 202
 
 
