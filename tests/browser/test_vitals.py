@@ -79,19 +79,36 @@ def page(vsite: Site) -> Iterator[Any]:
         browser.close()
 
 
-def visit(page: Any, site: Site, path: str, action: Any = None) -> None:
+# Whether the page has seen what the beacon measures: `want` maps an entry type to how many
+# entries (for "event": interactions of 140 ms or more) must have been observed.
+SEEN = """want => {
+  if (!window.__seen) {
+    const seen = window.__seen = {"layout-shift": 0, "event": 0};
+    new PerformanceObserver(l => { seen["layout-shift"] += l.getEntries().length; })
+      .observe({type: "layout-shift", buffered: true});
+    new PerformanceObserver(l => { seen.event += l.getEntries().filter(e => e.duration >= 140).length; })
+      .observe({type: "event", buffered: true, durationThreshold: 16});
+  }
+  return Object.entries(want).every(([type, n]) => window.__seen[type] >= n);
+}"""
+
+
+def visit(page: Any, site: Site, path: str, action: Any = None, until: dict[str, int] | None = None) -> None:
     page.goto(site.url + path)
     page.wait_for_function("window.consentmw && window.consentmw._b === 1")
     page.wait_for_load_state("load")
     if action:
         action()
-    page.wait_for_timeout(900)
+    # Until the shifts or the slow interaction have happened (timers run late on a busy
+    # machine), then a little longer for the beacon's own observers to be told.
+    page.wait_for_function(SEEN, arg=until or {}, timeout=30_000)
+    page.wait_for_timeout(400)
     page.goto(site.url + "/next")  # page hidden: the vitals event leaves with sendBeacon
 
 
 def test_a_stable_page_stores_cls_zero_and_a_shifting_page_its_shift(page: Any, vsite: Site) -> None:
-    visit(page, vsite, "/stable", lambda: page.click("#slow"))
-    visit(page, vsite, "/shifting")
+    visit(page, vsite, "/stable", lambda: page.click("#slow"), until={"event": 1})
+    visit(page, vsite, "/shifting", until={"layout-shift": 1})
     rows = vsite.wait_rows("SELECT path, cls, lcp, inp, fcp FROM {db}.events_statistics WHERE event_type = 'vitals' "
                            "ORDER BY path", lambda r: {"/stable", "/shifting"} <= {x["path"] for x in r})
     by_path = {r["path"]: r for r in rows}
