@@ -31,6 +31,7 @@ def test_sigterm_with_the_worker_stores_every_acknowledged_event_once(tmp_path: 
 def _drive(server: Server, cookie: str, attack: str, tmp_path: Path) -> None:
     with Load(server.port, cookie, limit=20000) as load:
         server.wait_healthy_under_load()
+        load.wait_acked(500)
         health = server.health()
         deadline = time.monotonic() + 20
         while health["minimise_offloaded_batches"] == 0 and time.monotonic() < deadline:

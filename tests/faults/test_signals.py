@@ -122,6 +122,12 @@ class Load:
     def acked(self) -> int:
         return sum(n for _, n in self.acks)
 
+    def wait_acked(self, n: int, timeout: float = 60) -> None:
+        """Until more than `n` events were acknowledged: a busy machine serves the load slower."""
+        deadline = time.monotonic() + timeout
+        while self.acked <= n and time.monotonic() < deadline and any(t.is_alive() for t in self.threads):
+            time.sleep(0.05)
+
     def _run(self, worker: int) -> None:
         headers = {"content-type": "text/plain", "user-agent": BROWSER_UA, "host": f"load{worker}.test",
                    "cookie": f"consentmw={self.cookie}", "origin": f"http://load{worker}.test"}
@@ -186,6 +192,7 @@ def test_sigterm_stores_every_acknowledged_event(tmp_path: Path, cookie: str, li
     server = Server(tmp_path).start("--lifespan", lifespan)
     with Load(server.port, cookie, limit=20000) as load:
         server.wait_healthy_under_load()
+        load.wait_acked(500)
         health = server.health()
         server.signal(signal.SIGTERM)
         t = time.monotonic()
@@ -213,6 +220,7 @@ def test_sigkill_loses_at_most_one_flush_and_replays_on_restart(tmp_path: Path, 
         # Load from the start: while the store connects and migrates, events spool; then
         # they go straight in (and the small queue overflows into the spool under load).
         server.wait_healthy_under_load()
+        load.wait_acked(500)
         health = server.health()
         killed_at = time.monotonic()
         server.signal(signal.SIGKILL)
