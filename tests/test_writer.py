@@ -319,3 +319,21 @@ def test_a_refusing_store_is_retried_no_faster_than_the_floor(store: Store, tmp_
     w._healthy()
     w._failed(SinkError("connection refused"), quiet=True)  # a store that is down retries soon
     assert w._retry_at - time.monotonic() < writer_module.BACKOFF_REFUSED
+
+
+def test_a_clean_stop_replays_what_was_spilled_while_serving(store: Store, tmp_path: Any) -> None:
+    """Rows spilled to the spool just before a stop, with the store up, are in the store when
+    stop() returns, once each; the spool is left empty (not to the next process)."""
+    col = store.collector(spool_dir=str(tmp_path / "spool"))
+    col.start()
+    deadline = time.monotonic() + 30
+    while not col.writer.healthy and time.monotonic() < deadline:  # the replayer connects first
+        time.sleep(0.02)
+    assert col.writer.healthy, col.stats.last_error
+    rows = col.minimiser.process([hit("stop-replay.test", i) for i in range(30)])
+    for table, data in rows.items():
+        col.writer._spool(table, data, f"spilled-{table}")
+    assert col.writer.spool.pending()
+    col.stop()
+    assert not col.writer.spool.pending()
+    assert store.count("stop-replay.test") == (30, 30)

@@ -169,6 +169,17 @@ def _describe(item: Any) -> Any:
     return item
 
 
+class _Deadline:
+    """Set once the monotonic clock reaches `at`: a stop signal for `Writer.replay` that
+    needs no thread to set it."""
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+    def is_set(self) -> bool:
+        return time.monotonic() >= self.at
+
+
 def warm_up_pyarrow() -> None:
     """pyarrow's first conversion, which imports pandas when it is installed (seconds)."""
     pa.array(["warm-up"], type=pa.string())
@@ -365,6 +376,23 @@ class Writer:
             wait = max(0.05, min(0.5, self._retry_at - time.monotonic()))
             self._replay_wake.wait(wait)
             self._replay_wake.clear()
+        self._replay_at_stop()
+
+    def _replay_at_stop(self) -> None:
+        """Stopping with the store up: what was spilled while serving is replayed too, after
+        the queue's own drain and the spill thread's last write, until the stop's deadline.
+        A clean stop then leaves the spool empty instead of to the next process; a record
+        still being inserted at the deadline stays in the spool (its token dedups a retry)."""
+        me = threading.current_thread()
+        for thread in self._threads:
+            if thread is not me:
+                thread.join(max(0.0, self._deadline - time.monotonic()))
+        if time.monotonic() >= self._deadline or not self.healthy or not self.spool.pending():
+            return
+        try:
+            self.replay(_Deadline(self._deadline))
+        except Exception as exc:  # noqa: BLE001 - the records stay in the spool for the next process
+            log.error("consentmw: replay at shutdown failed: %s", exception_text(exc))
 
     # -- batches -----------------------------------------------------------------
     def _take(self, queue: deque[Any]) -> list[Any]:
@@ -514,9 +542,9 @@ class Writer:
         self._healthy()
         return True
 
-    def replay(self, stop: threading.Event | None = None) -> int:
+    def replay(self, stop: threading.Event | _Deadline | None = None) -> int:
         """Move spooled batches into the store, oldest first; stop at the first failure
-        (or when `stop` is set: shutdown leaves the rest to the next process).
+        (or once `stop` is set: past the shutdown deadline the rest stays for the next process).
 
         Returns the number of rows stored. Safe to call from any thread and any process:
         segments are locked while being replayed.
