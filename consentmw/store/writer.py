@@ -299,7 +299,8 @@ class Writer:
             t.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Drain within `timeout` seconds: to the store, else to the spool. Never drops."""
+        """Drain within `timeout` seconds: the queue to the store, then (the store being up)
+        the spool too; past the deadline what is left goes to (or stays in) the spool. Never drops."""
         deadline = time.monotonic() + timeout
         self._deadline = deadline
         self._stop.set()
