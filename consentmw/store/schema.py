@@ -17,6 +17,7 @@ from typing import Any
 from consentmw.core.fields import LEDGER_COLUMNS, Column, columns_for, table_for
 from consentmw.store.layout import Layout
 from consentmw.store.rollup import statements as rollup_statements  # the dashboard's daily counts
+from consentmw.store.views import PROFILE_TABLE, profile_purpose
 from consentmw.store.views import statements as view_statements  # analyst views, visitor profile
 
 SCHEMA_VERSION = 1
@@ -39,6 +40,12 @@ LEDGER_RETENTION_DAYS = 1826   # proof of consent is kept five years
 REVOCATION_RETENTION_DAYS = 400  # the longest cookie lifetime browsers allow (cookie_max_age is capped to it)
 DEDUP_WINDOW = 10_000
 SALT_TABLE = "daily_salts"   # the visitor-hash salt of each day (store/salts.py)
+#: How many parts of about one size a merge waits for (ClickHouse's `merge_selector_base`,
+#: default 5). Every merge rewrites its rows, and each insert is a part, so the base sets how
+#: often a row is rewritten on its way into a large part. On the tables written every second
+#: those merges are most of the store's CPU: at 10 a statistics row costs ~7.7 µs in all
+#: instead of ~11-13 (`benchmarks/bench_store.py`, steady state), for a few more active parts.
+MERGE_SELECTOR_BASE = 10
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,14 @@ class Schema(Layout):
         out.extend(view_statements(self))
         out.extend(rollup_statements(self))
         return out
+
+    def merge_tuned_tables(self) -> list[str]:
+        """The tables every batch writes (one part per insert each): the purposes' event tables
+        and the visitor profile their view feeds; where they physically live."""
+        tables = [self.local(table_for(p.id)) for p in self.policy.collecting]
+        if profile_purpose(self.policy) is not None:
+            tables.append(self.local(PROFILE_TABLE))
+        return tables
 
     def event_table(self, table: str, columns: tuple[Column, ...], retention_days: int,
                     has_visitor: bool) -> list[str]:

@@ -23,7 +23,7 @@ from consentmw.core.redact import redact
 from consentmw.store.chdb_lock import locked_elsewhere
 from consentmw.store.dsn import Dsn, DsnError, parse_dsn, scrub
 from consentmw.core.fields import table_for
-from consentmw.store.schema import SCHEMA_VERSION, Schema, current_retention, version_key
+from consentmw.store.schema import MERGE_SELECTOR_BASE, SCHEMA_VERSION, Schema, current_retention, version_key
 
 
 EMBEDDED_EXTRA = "pip install 'consentmw[embedded]'"
@@ -259,6 +259,7 @@ class ClickHouseSink:
             self._check_forward(client)
             for statement in self.schema.statements():
                 client.command(statement)
+            self._tune_merges(client)
             client.command(
                 f"INSERT INTO {self.database}.schema_migrations (version, policy_version) "
                 f"SELECT {SCHEMA_VERSION}, %(v)s WHERE NOT EXISTS (SELECT 1 FROM {self.database}.schema_migrations "
@@ -269,6 +270,28 @@ class ClickHouseSink:
         except Exception as exc:  # noqa: BLE001
             self._refused(exc)
             raise SinkError(f"schema migration failed: {scrub(str(exc), self.address).splitlines()[0][:300]}") from None
+
+    def _tune_merges(self, client: Any) -> None:
+        """Fewer rewrites per row for the tables written every second (`MERGE_SELECTOR_BASE`).
+
+        Only where the server knows the setting (ClickHouse 24.x and later; chDB does), and
+        only on tables that do not name it yet: a value an operator set stays theirs. A tuning,
+        not the schema: a user not allowed to change table settings gets a warning, not a failure.
+        """
+        try:
+            known = client.command("SELECT count() FROM system.merge_tree_settings WHERE name = 'merge_selector_base'")
+            if not int(known):
+                return
+            for table in self.schema.merge_tuned_tables():
+                db, name = table.split(".", 1)
+                rows = client.query("SELECT create_table_query FROM system.tables WHERE database = %(d)s AND name = %(t)s",
+                                    parameters={"d": db, "t": name}).result_rows
+                if rows and "merge_selector_base" not in rows[0][0]:
+                    client.command(f"ALTER TABLE {table}{self.schema.on_cluster} "
+                                   f"MODIFY SETTING merge_selector_base = {MERGE_SELECTOR_BASE}")
+        except Exception as exc:  # noqa: BLE001
+            log.warning("consentmw: merge tuning of the event tables skipped (%s); the store works as before",
+                        scrub(str(exc), self.address).splitlines()[0][:200] if str(exc) else type(exc).__name__)
 
     def _check_forward(self, client: Any) -> None:
         """Raise NewerSchema or MigrationRefused (see `migrate`); nothing to check on a new store."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pyarrow as pa
 import pytest
+from clickhouse_connect.driver.exceptions import DatabaseError
 
 from consentmw import Policy
 from consentmw.core.fields import COLUMNS, LEDGER_COLUMNS, columns_for
@@ -137,3 +139,44 @@ def test_an_older_profile_view_is_migrated_in_place(chdb_dsn: str, ch: Any, data
     cols = [r[0] for r in ch.query(f"DESCRIBE TABLE {database}.events_statistics").result_rows]
     assert "duration_us" in cols
     sink.close()
+
+
+def test_tables_written_every_second_merge_with_fewer_rewrites_and_keep_an_operators_value(
+        chdb_dsn: str, ch: Any, database: str) -> None:
+    from consentmw.store.schema import MERGE_SELECTOR_BASE
+
+    def base_of(table: str) -> str | None:
+        create = ch.query(f"SHOW CREATE TABLE {database}.{table}").result_rows[0][0]
+        found = re.search(r"merge_selector_base = (\d+)", create)
+        return found.group(1) if found else None
+
+    sink = ClickHouseSink(chdb_dsn, Schema(Policy.default(), database))
+    sink.client()
+    tuned = ("events_statistics", "events_personalisation", "visitor_profile")
+    assert {t: base_of(t) for t in tuned} == {t: str(MERGE_SELECTOR_BASE) for t in tuned}
+    assert base_of("consent_log") is None  # a few rows a second: left as ClickHouse has it
+    # An operator's own value is theirs: the next start's migration leaves it.
+    ch.command(f"ALTER TABLE {database}.events_statistics MODIFY SETTING merge_selector_base = 7")
+    ClickHouseSink(chdb_dsn, Schema(Policy.default(), database)).client()
+    assert base_of("events_statistics") == "7"
+    assert base_of("events_personalisation") == str(MERGE_SELECTOR_BASE)
+
+
+def test_a_user_not_allowed_to_change_table_settings_still_migrates(
+        chdb_dsn: str, ch: Any, database: str, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    sink = ClickHouseSink(chdb_dsn, Schema(Policy.default(), database))
+    client = sink.client()
+    ch.command(f"ALTER TABLE {database}.events_statistics RESET SETTING merge_selector_base")
+    real = client.command
+
+    def command(sql: str, *args: Any, **kwargs: Any) -> Any:
+        if "MODIFY SETTING" in sql:  # what ClickHouse answers a user without ALTER MODIFY SETTING
+            raise DatabaseError("Code: 497. DB::Exception: default: Not enough privileges. (ACCESS_DENIED)")
+        return real(sql, *args, **kwargs)
+
+    monkeypatch.setattr(client, "command", command)
+    with caplog.at_level("WARNING", logger="consentmw"):
+        sink.migrate()
+    assert "merge tuning of the event tables skipped" in caplog.text and "ACCESS_DENIED" in caplog.text
+    assert ch.query(f"SELECT count() FROM {database}.schema_migrations").result_rows[0][0] >= 1
