@@ -32,6 +32,7 @@ class HitColumns:
         self._objects: dict[str, list[Any]] = {}
         self._arrays: dict[str, pa.Array] = {}
         self._numbers: dict[str, np.ndarray] = {}
+        self._truthy: dict[str, np.ndarray] = {}
         #: facts worked out once for the whole batch and shared by every table (parsed user agents)
         self.shared: dict[str, Any] = {}
 
@@ -51,6 +52,14 @@ class HitColumns:
         found = self._numbers.get(name)
         if found is None:
             found = self._numbers[name] = np.fromiter(self.objects(name), dtype=dtype, count=self.size)
+        return found
+
+
+    def truthy(self, name: str) -> np.ndarray:
+        """Which hits have the attribute set (not None or empty), as a boolean mask."""
+        found = self._truthy.get(name)
+        if found is None:
+            found = self._truthy[name] = np.fromiter(map(bool, self.objects(name)), dtype=bool, count=self.size)
         return found
 
 
@@ -117,10 +126,11 @@ class Selection:
         For attributes most hits leave empty (campaign tags, beacon payloads).
         """
         def compute() -> tuple[np.ndarray, list[Any]]:
+            truthy = self.batch.truthy(name)
+            positions = np.flatnonzero(truthy if self._everything else truthy[self.rows]).astype(np.int64)
+            rows = positions if self._everything else self.rows[positions]
             values = self.batch.objects(name)
-            rows = range(self.batch.size) if self._everything else self.rows.tolist()
-            positions = [i for i, row in enumerate(rows) if values[row]]
-            return np.array(positions, dtype=np.int64), [values[rows[i]] for i in positions]
+            return positions, [values[row] for row in rows.tolist()]
         return self.memo(("present", name), compute)
 
 
@@ -159,10 +169,10 @@ def fill(size: int, default: Any, positions: np.ndarray, values: list[Any], kind
         return pa.nulls(size, kind) if default is None else pa.repeat(pa.scalar(default, kind), size)
     if len(positions) == size:
         return pa.array(values, type=kind)
-    out = [default] * size
-    for position, value in zip(positions.tolist(), values):
-        out[position] = value
-    return pa.array(out, type=kind)
+    # The values and the default as one small array, spread by index: no Python step per row.
+    indices = np.full(size, len(values), dtype=np.int64)
+    indices[positions] = np.arange(len(values), dtype=np.int64)
+    return pa.array([*values, default], type=kind).take(pa.array(indices))
 
 
 def mask_of(size: int, positions: np.ndarray) -> np.ndarray:
