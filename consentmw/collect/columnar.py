@@ -94,6 +94,9 @@ def _may_hold_invalid(array: pa.Array) -> bool:
     return bool(raw.min() == 0 or raw.max() >= 0xEF)
 
 
+_WHOLE = "memo of the whole batch"
+
+
 class Selection:
     """Some rows of a batch (one table's rows), with per-selection memory of derived columns."""
 
@@ -102,7 +105,9 @@ class Selection:
         self.rows = rows
         self.size = len(rows)
         self._everything = self.size == batch.size
-        self._memo: dict[Any, Any] = {}
+        #: Tables that take every hit of the batch (the usual case: each purpose's table gets
+        #: every page view) share one memory, so what they have in common is worked out once.
+        self._memo: dict[Any, Any] = batch.shared.setdefault(_WHOLE, {}) if self._everything else {}
         self._indices = pa.array(rows)
 
     def memo(self, key: Any, compute: Callable[[], Any]) -> Any:
@@ -188,9 +193,8 @@ def where(condition: np.ndarray, values: pa.Array, other: Any) -> pa.Array:
     return pc.if_else(pa.array(condition), values, pa.scalar(other, values.type))
 
 
-_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
-#: where the 32 hex digits go in the 36 characters of a canonical UUID
-_UUID_SLOTS = np.array([i for i in range(36) if i not in (8, 13, 18, 23)])
+#: where each run of hex digits goes in the 36 characters of a canonical UUID (8-4-4-4-12)
+_UUID_RUNS = ((0, 0, 8), (9, 8, 12), (14, 12, 16), (19, 16, 20), (24, 20, 32))
 
 
 def uuid4_array(n: int) -> pa.Array:
@@ -198,10 +202,9 @@ def uuid4_array(n: int) -> pa.Array:
     raw = np.frombuffer(os.urandom(16 * n), dtype=np.uint8).reshape(n, 16).copy()
     raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40      # version 4
     raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80      # RFC 4122 variant
-    digits = np.empty((n, 32), dtype=np.uint8)
-    digits[:, 0::2] = _HEX[raw >> 4]
-    digits[:, 1::2] = _HEX[raw & 0x0F]
+    digits = np.frombuffer(raw.tobytes().hex().encode("ascii"), dtype=np.uint8).reshape(n, 32)
     text = np.full((n, 36), ord("-"), dtype=np.uint8)
-    text[:, _UUID_SLOTS] = digits
+    for at, first, last in _UUID_RUNS:
+        text[:, at:at + last - first] = digits[:, first:last]
     offsets = np.arange(0, 36 * (n + 1), 36, dtype=np.int32)
     return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(text.tobytes()))

@@ -67,9 +67,10 @@ class TableColumns:
         if found is None:
             build = _SINGLE.get(name)
             if build is not None:
-                found = build(self)
+                found = build(self) if name in _OWN else self.rows.memo(("column", name), lambda: build(self))
             else:
-                self._built.update(_GROUPED[name](self))
+                group_build = _GROUPED[name]
+                self._built.update(self.rows.memo(("columns", group_build), lambda: group_build(self)))
                 found = self._built[name]
         return found
 
@@ -90,13 +91,18 @@ class TableColumns:
 
     @cached_property
     def _sites(self) -> tuple[np.ndarray, list[str]]:
-        codes, hosts = self._codes("site")
-        site = self.enricher.hosts.site
-        return codes, [site(h) for h in hosts]
+        def compute() -> tuple[np.ndarray, list[str]]:
+            codes, hosts = self._codes("site")
+            site = self.enricher.hosts.site
+            return codes, [site(h) for h in hosts]
+        return self.rows.memo("sites", compute)
 
     @cached_property
     def _client_ips(self) -> tuple[np.ndarray, list[str]]:
         """Each row's client address (forwarding headers believed only from trusted proxies)."""
+        return self.rows.memo("client_ips", self._resolve_client_ips)
+
+    def _resolve_client_ips(self) -> tuple[np.ndarray, list[str]]:
         peers, peer_values = self._codes("peer_ip")
         forwarded, forwarded_values = self._codes("forwarded_for")
         if len(forwarded_values) <= 1 and not any(forwarded_values):
@@ -265,6 +271,11 @@ _GROUPS: tuple[tuple[Callable[[TableColumns], dict[str, pa.Array]], tuple[str, .
     (TableColumns._clicks, (*_CLICK_KEYS, "props")),
 )
 _GROUPED = {name: build for build, names in _GROUPS for name in names}
+#: Columns whose values depend on the purpose (the consent id or its proof, the address mask,
+#: the visitor's codes) or must differ between tables (a row's event id: a shared one would
+#: link a statistics row to the same page view's personalisation row). Every other column is
+#: computed once per batch and shared by the tables that take every hit.
+_OWN = frozenset({"event_id", "consent_id", "ip", "visitor_id", "visitor_hash"})
 
 
 def buildable(name: str) -> bool:

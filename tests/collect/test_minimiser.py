@@ -472,3 +472,24 @@ def test_a_purposes_configured_masking_is_what_is_stored(mask: int, prefix: int,
     stored = [ip16_to_str(bytes(v)) if isinstance(v, (bytes, bytearray)) else str(v)
               for v in table.column("ip").to_pylist()]
     assert stored == [v4, v6]
+
+
+def test_tables_taking_every_hit_share_common_columns_but_never_ids_or_masks() -> None:
+    """Two purposes granted on every hit: columns both compute alike are worked out once per
+    batch, but each table masks the address its own way and gives each row its own event id
+    (a shared one would link a row of one purpose to the same page view in the other)."""
+    policy = make_policy([{"categories": ["page", "ip", "referrer", "browser"], "ip_mask_bytes": 1},
+                          {"categories": ["page", "ip", "referrer", "browser"], "ip_mask_bytes": 3}])
+    minimiser = Minimiser(policy, Enricher([], None, proof_key("s")))
+    hits = [Hit(1_796_000_000.0 + i, "pageview", b"site.test", f"/p{i % 3}", f"c{i}", "prop-1",
+                frozenset({"alpha", "beta"}), None, f"198.51.100.{i}", b"", CHROME, b"en",
+                b"https://news.example/" if i % 2 else b"", {"utm_source": "mail"} if i == 3 else None)
+            for i in range(6)]
+    tables = minimiser.process(hits)
+    alpha, beta = tables["events_alpha"], tables["events_beta"]
+    for name in ("path", "referrer_host", "browser", "utm_source", "ts", "site"):
+        assert alpha[name].to_pylist() == beta[name].to_pylist(), name
+    assert alpha["utm_source"].to_pylist() == ["", "", "", "mail", "", ""]
+    assert not set(alpha["event_id"].to_pylist()) & set(beta["event_id"].to_pylist())
+    assert [ip16_to_str(bytes(v)) for v in alpha["ip"].to_pylist()][:2] == ["198.51.100.0", "198.51.100.0"]
+    assert [ip16_to_str(bytes(v)) for v in beta["ip"].to_pylist()][:2] == ["198.0.0.0", "198.0.0.0"]
