@@ -54,10 +54,13 @@ def _utm(campaign: dict[str, str], name: str) -> str:
 class TableColumns:
     """The columns of one purpose's table over the hits selected for it."""
 
-    def __init__(self, rows: Selection, purpose: Purpose, enricher: Enricher) -> None:
+    def __init__(self, rows: Selection, purpose: Purpose, enricher: Enricher,
+                 pause: Callable[[], None] = lambda: None) -> None:
         self.rows = rows
         self.purpose = purpose
         self.enricher = enricher
+        #: the writer's GIL yield point, also called inside the columns built together
+        self.pause = pause
         #: purposes holding a stable visitor id may hold the consent id too; others get a proof
         self.keeps_id = "visitor_id" in purpose.categories
         self._built: dict[str, pa.Array] = {}
@@ -185,7 +188,10 @@ class TableColumns:
     def _campaign(self) -> dict[str, pa.Array]:
         positions, campaigns = self.rows.present("campaign")
         size = self.rows.size
-        out = {name: fill(size, "", positions, [_utm(c, name) for c in campaigns], STRING) for name in _UTM}
+        out = {}
+        for name in _UTM:
+            self.pause()
+            out[name] = fill(size, "", positions, [_utm(c, name) for c in campaigns], STRING)
         out["click_id_type"] = fill(size, "", positions, [_click_id_type(c) for c in campaigns], STRING)
         return out
 
@@ -203,7 +209,9 @@ class TableColumns:
         sites, site_names = self._sites
         codes, firsts = group(refs, sites)
         parse = self.enricher.referrer
+        self.pause()
         parsed = [parse(ref_values[refs[f]], site_names[sites[f]]) for f in firsts.tolist()]
+        self.pause()
         return {"referrer_host": spread([r.host for r in parsed], codes, STRING),
                 "referrer_source": spread([r.source for r in parsed], codes, STRING),
                 "referrer": spread([r.url for r in parsed], codes, STRING)}
@@ -216,9 +224,13 @@ class TableColumns:
 
     def _place(self) -> dict[str, pa.Array]:
         codes, ips = self._client_ips
+        self.pause()
         places = [self.enricher.place(ip) for ip in ips]
-        return {name: spread([p[i] for p in places], codes, STRING)
-                for i, name in enumerate(("country", "region", "city"))}
+        out = {}
+        for i, name in enumerate(("country", "region", "city")):
+            self.pause()
+            out[name] = spread([p[i] for p in places], codes, STRING)
+        return out
 
     def _timing(self) -> dict[str, pa.Array]:
         positions, payloads = self._payloads

@@ -133,17 +133,19 @@ class Minimiser:
         stored &= ~self._blocked(batch, stored)
         pause()
         stored &= ~self._foreign_hosts(batch, stored)
+        pause()
         stored &= ~self._bots(batch, stored)
         tables: Tables = {}
         for plan in {plan.table: plan for plans in plans_of for plan in plans}.values():
             takes = np.array([plan in plans for plans in plans_of])[route] & stored
             rows = np.flatnonzero(takes)
             if len(rows):
-                columns = TableColumns(Selection(batch, rows), plan.purpose, self.enricher)
+                columns = TableColumns(Selection(batch, rows), plan.purpose, self.enricher, pause)
                 arrays = []
                 for name in plan.names:
                     pause()
                     arrays.append(columns.column(name))
+                pause()
                 tables[plan.table] = pa.Table.from_arrays(arrays, schema=plan.schema)
                 self.counts.rows += len(rows)
         return tables
