@@ -301,7 +301,7 @@ def gil_stretches(collector: Any, version: str, repeats: int) -> Table:
                    "stretch vs whole batch"])
     saved = minimiser.pause
     try:
-        for size in (1_000, 5_000):
+        for size in (1_000, 5_000, 20_000):
             hits = make_hits(size, version, ALL, cold=False, seed=size)
             minimiser.process(hits[:100])
             best: tuple[float, float, int] | None = None
