@@ -54,7 +54,6 @@ class HitColumns:
             found = self._numbers[name] = np.fromiter(self.objects(name), dtype=dtype, count=self.size)
         return found
 
-
     def truthy(self, name: str) -> np.ndarray:
         """Which hits have the attribute set (not None or empty), as a boolean mask."""
         found = self._truthy.get(name)

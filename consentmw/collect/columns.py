@@ -94,11 +94,13 @@ class TableColumns:
 
     @cached_property
     def _sites(self) -> tuple[np.ndarray, list[str]]:
-        def compute() -> tuple[np.ndarray, list[str]]:
-            codes, hosts = self._codes("site")
-            site = self.enricher.hosts.site
-            return codes, [site(h) for h in hosts]
-        return self.rows.memo("sites", compute)
+        """Each row's site: its Host header as a valid name (see `AllowedHosts.site`)."""
+        return self.rows.memo("sites", self._resolve_sites)
+
+    def _resolve_sites(self) -> tuple[np.ndarray, list[str]]:
+        codes, hosts = self._codes("site")
+        site = self.enricher.hosts.site
+        return codes, [site(h) for h in hosts]
 
     @cached_property
     def _client_ips(self) -> tuple[np.ndarray, list[str]]:

@@ -165,8 +165,7 @@ def test_tables_written_every_second_merge_with_fewer_rewrites_and_keep_an_opera
 def test_a_user_not_allowed_to_change_table_settings_still_migrates(
         chdb_dsn: str, ch: Any, database: str, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
-    sink = ClickHouseSink(chdb_dsn, Schema(Policy.default(), database))
-    client = sink.client()
+    client = ClickHouseSink(chdb_dsn, Schema(Policy.default(), database)).client()
     ch.command(f"ALTER TABLE {database}.events_statistics RESET SETTING merge_selector_base")
     real = client.command
 
@@ -176,7 +175,35 @@ def test_a_user_not_allowed_to_change_table_settings_still_migrates(
         return real(sql, *args, **kwargs)
 
     monkeypatch.setattr(client, "command", command)
+    # The next policy version's start, by that user: the migration goes on to its end.
+    newer = Policy.from_dict({"version": "v-next", "updated": "2026-12-01",
+                              "purposes": [{"id": "necessary", "required": True}, {"id": "statistics"},
+                                           {"id": "personalisation"}, {"id": "marketing"}]}, base=Policy.default())
+    with caplog.at_level("WARNING", logger="consentmw"):
+        ClickHouseSink(chdb_dsn, Schema(newer, database)).migrate(client)
+    assert "merge tuning of the event tables skipped" in caplog.text and "ACCESS_DENIED" in caplog.text
+    versions = [r[0] for r in ch.query(f"SELECT policy_version FROM {database}.schema_migrations").result_rows]
+    assert "v-next" in versions
+
+
+def test_a_server_that_does_not_know_the_setting_is_not_asked_to_change_it(
+        chdb_dsn: str, ch: Any, database: str, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """ClickHouse before 24.x has no merge_selector_base: no ALTER that would fail, no warning."""
+    sink = ClickHouseSink(chdb_dsn, Schema(Policy.default(), database))
+    client = sink.client()
+    ch.command(f"ALTER TABLE {database}.events_statistics RESET SETTING merge_selector_base")
+    real, sent = client.command, []
+
+    def command(sql: str, *args: Any, **kwargs: Any) -> Any:
+        sent.append(sql)
+        if "system.merge_tree_settings" in sql:
+            return 0  # what an older server's settings table answers
+        return real(sql, *args, **kwargs)
+
+    monkeypatch.setattr(client, "command", command)
     with caplog.at_level("WARNING", logger="consentmw"):
         sink.migrate()
-    assert "merge tuning of the event tables skipped" in caplog.text and "ACCESS_DENIED" in caplog.text
-    assert ch.query(f"SELECT count() FROM {database}.schema_migrations").result_rows[0][0] >= 1
+    assert any("system.merge_tree_settings" in sql for sql in sent)
+    assert not [sql for sql in sent if "MODIFY SETTING" in sql]
+    assert "merge tuning" not in caplog.text
